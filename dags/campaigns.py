@@ -1,0 +1,172 @@
+"""
+### Campaign DAGs
+
+One DAG per campaign spec in `include/campaigns/`: `campaign__<id>`. Each run validates the
+product data, expands prompt variants, generates images in mapped batches, checks and
+post-processes them, tracks the run in MLflow, waits for reviewers, and publishes what they
+approved.
+
+Parsing stays cheap: only YAML and pydantic run here. Models, the catalog, Great
+Expectations and MLflow are touched inside tasks.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, Asset, Param, task
+
+from darkroom.errors import SpecError
+from darkroom.spec import LoadedSpec, load_spec, spec_files
+from darkroom_operators.approval import CampaignApprovalSensor
+from darkroom_operators.generate import GenerateImagesOperator
+from darkroom_operators.hooks import DarkroomHook
+
+CAMPAIGNS_DIR = Path(
+    os.environ.get("DARKROOM_CAMPAIGNS_DIR", Path(__file__).resolve().parents[1] / "include" / "campaigns")
+)
+
+DEFAULT_ARGS = {
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+}
+
+
+def _ctx(spec_path: str):
+    from airflow.sdk import get_current_context
+
+    return DarkroomHook().run_context(spec_path, get_current_context())
+
+
+def published_asset(campaign_id: str) -> Asset:
+    """The Airflow Asset a campaign's publish task updates; downstream DAGs schedule on it."""
+    return Asset(name=f"darkroom_{campaign_id}_published", uri=f"darkroom://campaigns/{campaign_id}/published")
+
+
+def build_dag(loaded: LoadedSpec) -> DAG:
+    spec, path = loaded.spec, str(loaded.path)
+    with DAG(
+        dag_id=spec.dag_id,
+        description=spec.brief.strip().splitlines()[0][:200],
+        doc_md=f"### {spec.id}\n\n{spec.brief}\n\nSpec: `{path}`  \nOwner: {spec.owner}",
+        schedule=spec.schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        default_args={**DEFAULT_ARGS, "owner": spec.owner},
+        tags=["darkroom", f"campaign:{spec.id}", *spec.tags],
+        params={
+            "model_version": Param(None, type=["null", "string"],
+                                   description="Model version or revision to use instead of the spec's"),
+            "limit": Param(None, type=["null", "integer"], minimum=1,
+                           description="Generate at most this many variants"),
+            "seed_offset": Param(0, type="integer", minimum=0,
+                                 description="Added to every seed: new variants of the same prompts"),
+            "dry_run": Param(False, type="boolean", description="Plan only: print the variants and stop"),
+        },
+    ) as dag:
+
+        @task
+        def validate_inputs() -> dict:
+            from darkroom import stages
+
+            return stages.validate_inputs(_ctx(path))
+
+        @task
+        def expand_prompts() -> list[int]:
+            from darkroom import stages
+
+            return stages.expand_prompts(_ctx(path))
+
+        @task
+        def qa(batch: int) -> int:
+            from darkroom import stages
+
+            stages.run_qa(_ctx(path), batch)
+            return batch
+
+        @task
+        def postprocess(batch: int) -> int:
+            from darkroom import stages
+
+            stages.postprocess(_ctx(path), batch)
+            return batch
+
+        @task
+        def track(batches: list[int]) -> dict:
+            from darkroom import stages
+
+            return stages.track(_ctx(path))
+
+        @task(outlets=[published_asset(spec.id)])
+        def publish(approvals: dict) -> dict:
+            from darkroom import stages, tracking
+
+            ctx = _ctx(path)
+            summary = stages.publish(ctx)
+            mlflow_run = tracking.find_run(ctx)
+            if mlflow_run:
+                tracking.log_publication(ctx, mlflow_run, summary, approvals)
+            return summary
+
+        batches = expand_prompts()
+        validate_inputs() >> batches
+        generated = GenerateImagesOperator.partial(task_id="generate", spec_path=path).expand(
+            batch=batches
+        )
+        processed = postprocess.expand(batch=qa.expand(batch=generated.output))
+        tracked = track(processed)
+        approvals = CampaignApprovalSensor(task_id="await_approval", spec_path=path)
+        tracked >> approvals
+        publish(approvals.output)
+    return dag
+
+
+class InvalidCampaignSpecs(DAG):
+    """Carries the errors of specs that do not validate.
+
+    Airflow records an import error for a file only when the whole module raises, which
+    would hide every good campaign behind one bad spec. The DagBag also records one when a
+    DAG's ``validate()`` raises, while still loading the file's other DAGs: this DAG is never
+    loaded, it only reports every broken spec, by file, field, value and fix.
+    """
+
+    spec_errors: list[SpecError] = []
+
+    def validate(self):
+        raise InvalidCampaignSpec(
+            f"{len(self.spec_errors)} campaign spec(s) in {CAMPAIGNS_DIR} did not load; the "
+            "other campaigns did.\n\n" + "\n\n".join(str(e) for e in self.spec_errors)
+        )
+
+
+class InvalidCampaignSpec(Exception):
+    """Reported by the DagBag as this file's import error."""
+
+
+def build_all() -> dict[str, DAG]:
+    dags: dict[str, DAG] = {}
+    errors: list[SpecError] = []
+    for spec_path in spec_files(CAMPAIGNS_DIR):
+        try:
+            loaded = load_spec(spec_path)
+        except SpecError as exc:
+            errors.append(exc)
+            continue
+        if loaded.spec.dag_id in dags:
+            errors.append(SpecError(str(spec_path), [f"field `id` = {loaded.spec.id!r}: another spec "
+                                                      "already uses this id; fix: give each campaign its own id"]))
+            continue
+        dags[loaded.spec.dag_id] = build_dag(loaded)
+    if errors:
+        broken = InvalidCampaignSpecs(dag_id="darkroom_invalid_campaign_specs", schedule=None)
+        broken.spec_errors = errors
+        dags[broken.dag_id] = broken
+    return dags
+
+
+globals().update(build_all())

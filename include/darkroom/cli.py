@@ -1,0 +1,282 @@
+"""The ``darkroom`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from darkroom.config import Settings
+from darkroom.errors import DarkroomError
+
+app = typer.Typer(help="Darkroom: campaign specs in, traceable approved images out.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+review_app = typer.Typer(help="Approve or reject generated assets.", no_args_is_help=True)
+assets_app = typer.Typer(help="Find assets and their lineage.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: build the offline tiny pipeline.", no_args_is_help=True)
+spec_app = typer.Typer(help="Campaign specs: check them, export the JSON Schema.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+app.add_typer(assets_app, name="assets")
+app.add_typer(models_app, name="models")
+app.add_typer(spec_app, name="spec")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _catalog():
+    from darkroom.catalog import Catalog
+
+    return Catalog(Settings.from_env().catalog_url)
+
+
+# -- run --------------------------------------------------------------------------------
+
+@app.command()
+def run(
+    campaign: Annotated[str, typer.Argument(help="Spec file path, or a campaign id in include/campaigns")],
+    approve_all: Annotated[bool, typer.Option("--approve-all", help="Approve every QA-passed asset as the local user")] = False,
+    conf: Annotated[str, typer.Option(help='Run Params as JSON, e.g. \'{"limit": 4}\'')] = "{}",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Airflow's task logs")] = False,
+) -> None:
+    """Run one DAG run of a campaign in this process, through Airflow's dag.test."""
+    import os
+
+    from darkroom.config import apply_airflow_env
+    from darkroom.spec import find_spec, load_spec
+
+    settings = Settings.from_env()
+    try:
+        run_conf = json.loads(conf)
+        if not isinstance(run_conf, dict):
+            raise ValueError("expected a JSON object")
+    except ValueError as exc:
+        raise typer.BadParameter(f"--conf {conf!r} is not a JSON object: {exc}") from None
+    spec_path = find_spec(campaign, settings.campaigns_dir).resolve()
+    loaded = load_spec(spec_path)
+    # The factory reads the folder the spec is in, so a spec outside include/campaigns runs too.
+    os.environ["DARKROOM_CAMPAIGNS_DIR"] = str(spec_path.parent)
+    apply_airflow_env(settings)
+    from darkroom_operators.local_run import run_campaign
+
+    console.print(f"[bold]Running {loaded.spec.dag_id}[/] from {spec_path}")
+    result = run_campaign(spec_path, run_conf, approve_all=approve_all, settings=settings,
+                          console=console, quiet_logs=not verbose)
+    _print_summary(result)
+    if result.state != "success":
+        raise typer.Exit(1)
+
+
+def _print_summary(result) -> None:
+    c, r = result.counts, result.run
+    st = c.get("statuses", {})
+    table = Table(title=f"{result.dag_id} / {result.run_id}: {result.state}", show_header=False)
+    table.add_row("planned", str((r.get("summary") or {}).get("planned", "-")))
+    table.add_row("generated", f"{c.get('generated', 0)} ({c.get('failed', 0)} failed)")
+    table.add_row("QA", f"{c.get('checked', 0) - c.get('qa_failed', 0)} passed, {c.get('qa_failed', 0)} failed")
+    table.add_row("approved", str(st.get("approved", 0) + st.get("published", 0)))
+    table.add_row("rejected", str(st.get("rejected", 0)))
+    table.add_row("published", str(c.get("published", 0)))
+    table.add_row("model version", str(r.get("model_version")))
+    table.add_row("contact sheet", str(r.get("contact_sheet")))
+    table.add_row("manifest", str(r.get("manifest")))
+    table.add_row("MLflow run", str(r.get("mlflow_run_id")))
+    table.add_row("Airflow log", str(result.log_file))
+    console.print(table)
+    if result.failed_tasks:
+        err.print(f"[red]Failed tasks: {', '.join(result.failed_tasks)}[/]; see {result.log_file}")
+
+
+# -- review -----------------------------------------------------------------------------
+
+def _asset_line(a) -> dict:
+    return {"asset_id": a.id, "status": a.status, "product_id": a.variant.product_id,
+            "asset_type": a.variant.asset_type, "seed": a.seed, "uri": a.uri,
+            "qa": {q.check: q.passed for q in a.qa_results}}
+
+
+@review_app.command("list")
+def review_list(
+    campaign: Annotated[str | None, typer.Option(help="Campaign id")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Airflow run id")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Assets that wait for a decision."""
+    from darkroom import review
+
+    assets = review.waiting(_catalog(), campaign, run_id)
+    if as_json:
+        print(json.dumps([_asset_line(a) for a in assets], indent=2))
+        return
+    table = Table("asset", "status", "product", "type", "seed", "file")
+    for a in assets:
+        table.add_row(a.id, a.status, a.variant.product_id, a.variant.asset_type, str(a.seed), a.uri or "")
+    console.print(table)
+    console.print(f"{len(assets)} waiting")
+
+
+def _decide(decision: str, asset_ids: list[str], every: bool, campaign: str | None,
+            run_id: str | None, note: str, reviewer: str | None) -> None:
+    from darkroom import review
+    from darkroom.stages import local_user
+
+    catalog = _catalog()
+    if every:
+        asset_ids = [a.id for a in review.waiting(catalog, campaign, run_id)]
+    if not asset_ids:
+        err.print("Nothing to decide: give asset ids, or --all with --campaign/--run")
+        raise typer.Exit(1)
+    who = reviewer or local_user()
+    failed = 0
+    for asset_id in asset_ids:
+        try:
+            review.decide(catalog, asset_id, decision, who, note)
+            console.print(f"{decision}d {asset_id} as {who}")
+        except DarkroomError as exc:
+            err.print(f"[red]{exc}[/]")
+            failed += 1
+    if failed:
+        raise typer.Exit(1)
+
+
+@review_app.command("approve")
+def review_approve(
+    asset_ids: Annotated[list[str] | None, typer.Argument()] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every waiting asset (narrow with --campaign/--run)")] = False,
+    campaign: Annotated[str | None, typer.Option()] = None,
+    run_id: Annotated[str | None, typer.Option("--run")] = None,
+    note: Annotated[str, typer.Option()] = "",
+    reviewer: Annotated[str | None, typer.Option(help="Defaults to the local user")] = None,
+) -> None:
+    """Approve assets."""
+    _decide("approve", asset_ids or [], every, campaign, run_id, note, reviewer)
+
+
+@review_app.command("reject")
+def review_reject(
+    asset_ids: Annotated[list[str] | None, typer.Argument()] = None,
+    every: Annotated[bool, typer.Option("--all")] = False,
+    campaign: Annotated[str | None, typer.Option()] = None,
+    run_id: Annotated[str | None, typer.Option("--run")] = None,
+    note: Annotated[str, typer.Option()] = "",
+    reviewer: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Reject assets."""
+    _decide("reject", asset_ids or [], every, campaign, run_id, note, reviewer)
+
+
+# -- assets -----------------------------------------------------------------------------
+
+@assets_app.command("search")
+def assets_search(
+    campaign: Annotated[str | None, typer.Option()] = None,
+    product: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option()] = None,
+    model_version: Annotated[str | None, typer.Option()] = None,
+    run_id: Annotated[str | None, typer.Option("--run")] = None,
+    limit: Annotated[int | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Assets with their lineage: prompt, seed, model, params, QA, review, URIs."""
+    from darkroom.lineage import search
+
+    rows = search(_catalog(), campaign=campaign, product=product, status=status,
+                  model_version=model_version, run_id=run_id, limit=limit)
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("asset", "campaign", "product", "status", "model", "seed", "approved by")
+    for r in rows:
+        table.add_row(r["asset_id"], r["campaign"], r["product_id"], r["status"],
+                      f"{r['model']['name']}@{r['model']['version']}", str(r["seed"]),
+                      (r["review"] or {}).get("reviewer", ""))
+    console.print(table)
+
+
+# -- models, spec -------------------------------------------------------------------------
+
+@models_app.command("build-tiny")
+def models_build_tiny(
+    path: Annotated[Path | None, typer.Argument(help="Folder to write (default: $DARKROOM_HOME/models/tiny-sd)")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if it exists")] = False,
+) -> None:
+    """Build the offline tiny random-weight Stable Diffusion pipeline."""
+    from darkroom.tiny_model import build_tiny_pipeline
+
+    path = path or Settings.from_env().tiny_model_dir
+    if (path / "model_index.json").is_file() and not force:
+        console.print(f"Tiny model already at {path}")
+        return
+    with console.status(f"Building the tiny pipeline at {path}"):
+        build_tiny_pipeline(path)
+    console.print(f"Built the tiny pipeline at {path} (random weights: it draws noise)")
+
+
+@spec_app.command("check")
+def spec_check(files: list[Path]) -> None:
+    """Validate spec files; print every problem."""
+    from darkroom.spec import load_spec
+
+    bad = 0
+    for f in files:
+        try:
+            loaded = load_spec(f)
+            console.print(f"[green]ok[/] {f} -> {loaded.spec.dag_id}")
+        except DarkroomError as exc:
+            err.print(f"[red]{exc}[/]")
+            bad += 1
+    if bad:
+        raise typer.Exit(1)
+
+
+@spec_app.command("schema")
+def spec_schema(out: Annotated[Path | None, typer.Argument()] = None) -> None:
+    """Write the campaign spec's JSON Schema (stdout without a path)."""
+    from darkroom.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out:
+        out.write_text(text)
+        console.print(f"Wrote {out}")
+    else:
+        print(text, end="")
+
+
+@app.command("bench")
+def bench(
+    stage: Annotated[str, typer.Argument(help="generate")] = "generate",
+    images: Annotated[int, typer.Option(help="Images to generate")] = 16,
+    batch_size: Annotated[list[int] | None, typer.Option(help="Batch sizes to compare")] = None,
+    size: Annotated[int, typer.Option(help="Width and height")] = 64,
+    steps: Annotated[int, typer.Option()] = 4,
+    out: Annotated[Path, typer.Option(help="Results file (JSON)")] = Path("docs/bench/generate.json"),
+) -> None:
+    """Measure images/s of the generate stage on this machine's device."""
+    from darkroom.bench import bench_generate
+
+    if stage != "generate":
+        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate")
+    result = bench_generate(Settings.from_env(), images=images, batch_sizes=batch_size or [1, 4],
+                            size=size, steps=steps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for r in result["runs"]:
+        console.print(f"batch {r['batch_size']:>3}: {r['images_per_s']:.2f} images/s")
+    console.print(f"Wrote {out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except DarkroomError as exc:
+        err.print(f"[red]{exc}[/]")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Inference backends. The ``local`` backend runs diffusers in this process.
+
+One pipeline per process per model key, cached, so every batch of a task (and every task a
+worker runs) reuses it. Each variant's initial latents come from its own seeded generator,
+so a variant's pixels do not depend on which batch it lands in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from darkroom.config import Settings
+from darkroom.errors import ModelError
+
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "pndm": ("PNDMScheduler", {}, "PLMS"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
+    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the spec names it, resolved to something ``from_pretrained`` accepts."""
+
+    name: str  # what people call it: 'tiny-sd', 'stabilityai/stable-diffusion-2-1', a folder name
+    location: str  # local path or hub id
+    revision: str | None
+    version: str  # concrete version recorded on every asset
+    model_hash: str  # 10 hex chars, as AUTOMATIC1111's "Model hash"
+    is_local: bool
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=32)
+def _dir_digest(path: str, _mtime_key: float) -> str:
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(_file_digest(f).encode())
+    return h.hexdigest()
+
+
+def local_model_digest(path: Path) -> str:
+    """Checksum of a saved pipeline folder (every file's name and content)."""
+    mtime = max((p.stat().st_mtime for p in path.rglob("*") if p.is_file()), default=0.0)
+    return _dir_digest(str(path.resolve()), mtime)
+
+
+def resolve_model(model: str, revision: str | None, settings: Settings,
+                  requested_version: str | None = None) -> ModelRef:
+    """Turn the spec's ``generation.model`` into a concrete, versioned reference.
+
+    For a local folder the version is its content checksum; a requested ``model_version``
+    must match it. For a hub id the version is the revision (the Param overrides the spec).
+    """
+    if model == "tiny":
+        path = settings.tiny_model_dir
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"the offline tiny model is not built at {path}; fix: run "
+                f"`darkroom models build-tiny {path}` (make demo does this)"
+            )
+        return _local_ref(path, "tiny-sd", requested_version)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"{path} has no model_index.json: not a diffusers pipeline folder")
+        return _local_ref(path, path.name, requested_version)
+    if model.startswith(("/", ".", "~")):
+        raise ModelError(f"generation.model = {model!r}: folder does not exist")
+    rev = requested_version or revision or "main"
+    return ModelRef(name=model, location=model, revision=rev, version=rev,
+                    model_hash=hashlib.sha256(f"{model}@{rev}".encode()).hexdigest()[:10],
+                    is_local=False)
+
+
+def _local_ref(path: Path, name: str, requested: str | None) -> ModelRef:
+    digest = local_model_digest(path)
+    version = digest[:12]
+    if requested and not digest.startswith(requested):
+        raise ModelError(
+            f"model_version {requested!r} was requested but {path} is version {version}; "
+            "fix: point generation.model at the folder holding that version, or drop the Param"
+        )
+    return ModelRef(name=name, location=str(path.resolve()), revision=None, version=version,
+                    model_hash=digest[:10], is_local=True)
+
+
+def pick_device(preference: str = "auto") -> tuple[str, Any]:
+    import torch
+
+    if preference == "auto":
+        if torch.cuda.is_available():
+            preference = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            preference = "mps"
+        else:
+            preference = "cpu"
+    dtype = {"cuda": torch.float16, "mps": torch.float16, "cpu": torch.float32}[preference]
+    return preference, dtype
+
+
+_pipelines: dict[tuple, Any] = {}
+_pipelines_lock = threading.Lock()
+
+
+def load_pipeline(ref: ModelRef, device: str, dtype) -> Any:
+    """``from_pretrained`` once per (model, revision, device, dtype) per process."""
+    key = (ref.location, ref.revision, device, str(dtype))
+    with _pipelines_lock:
+        pipe = _pipelines.get(key)
+        if pipe is not None:
+            return pipe
+        from diffusers import AutoPipelineForText2Image
+
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if ref.revision and not ref.is_local:
+            kwargs["revision"] = ref.revision
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(ref.location, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"could not load model {ref.location!r} (revision {ref.revision}): {exc}. "
+                "Fix: give a local pipeline folder, or make the hub reachable "
+                "(HF_HUB_OFFLINE=1 uses the local cache only)"
+            ) from exc
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        _pipelines[key] = pipe
+        return pipe
+
+
+def set_scheduler(pipe: Any, name: str) -> str:
+    """Swap the scheduler by its spec name; return the AUTOMATIC1111 sampler name."""
+    import diffusers
+
+    cls_name, extra, a1111 = SCHEDULERS[name]
+    if type(pipe.scheduler).__name__ != cls_name:
+        cls = getattr(diffusers, cls_name)
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
+    return a1111
+
+
+@dataclass
+class Request:
+    variant_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: str
+
+
+@dataclass
+class Result:
+    variant_id: str
+    image: Any | None  # PIL.Image
+    seconds: float
+    error: str | None = None
+
+
+class LocalDiffusersBackend:
+    """diffusers in this process."""
+
+    name = "local"
+
+    def __init__(self, ref: ModelRef, device: str = "auto"):
+        self.ref = ref
+        self.device, self.dtype = pick_device(device)
+
+    @property
+    def pipeline(self) -> Any:
+        return load_pipeline(self.ref, self.device, self.dtype)
+
+    def sampler_name(self, scheduler: str) -> str:
+        return SCHEDULERS[scheduler][2]
+
+    def initial_latents(self, requests: list[Request]):
+        """One generator per variant, seeded with the variant's seed, on the CPU."""
+        import torch
+
+        pipe = self.pipeline
+        channels = pipe.unet.config.in_channels
+        scale = pipe.vae_scale_factor
+        latents = [
+            torch.randn(
+                (channels, r.height // scale, r.width // scale),
+                generator=torch.Generator("cpu").manual_seed(r.seed),
+                dtype=torch.float32,
+            )
+            for r in requests
+        ]
+        return torch.stack(latents).to(self.device, self.dtype)
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """One forward pass for requests that share size, steps, guidance and scheduler."""
+        first = requests[0]
+        pipe = self.pipeline
+        set_scheduler(pipe, first.scheduler)
+        started = time.perf_counter()
+        out = pipe(
+            prompt=[r.prompt for r in requests],
+            negative_prompt=[r.negative_prompt for r in requests],
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            latents=self.initial_latents(requests),
+            output_type="pil",
+        )
+        per_image = (time.perf_counter() - started) / len(requests)
+        return [Result(r.variant_id, img, per_image) for r, img in zip(requests, out.images, strict=True)]

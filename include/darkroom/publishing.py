@@ -1,0 +1,105 @@
+"""Publishing approved derivatives to destinations (DAM folder, S3), with a manifest.
+
+Idempotent: a publication row per (derivative, destination) and a checksum check of what is
+already there mean a retry or re-run copies nothing twice; only approved assets are copied.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+
+from darkroom.models import Asset, AssetStatus, Derivative, Publication, Review, Run
+from darkroom.storage import FileStorage, S3Storage, Storage, read_uri
+
+log = logging.getLogger("darkroom")
+
+
+def destination_storage(ctx, dest) -> Storage:
+    if dest.kind == "folder":
+        path = Path(dest.path)
+        return FileStorage(path if path.is_absolute() else ctx.settings.home / path)
+    endpoint = dest.endpoint_url or ctx.settings.s3_endpoint_url
+    client = ctx.s3_client_factory(dest.aws_conn_id, endpoint) if ctx.s3_client_factory else None
+    return S3Storage(dest.bucket, dest.prefix, client=client, endpoint_url=endpoint)
+
+
+def publish_run(ctx) -> dict:
+    spec = ctx.spec
+    with ctx.catalog.session() as s:
+        assets = list(s.scalars(select(Asset).where(
+            Asset.run_pk == ctx.run_pk,
+            Asset.status.in_([AssetStatus.approved, AssetStatus.published]))
+            .order_by(Asset.created_at)))
+        work = []
+        for a in assets:
+            approval = s.scalars(select(Review).where(Review.asset_id == a.id)
+                                 .order_by(Review.id.desc())).first()
+            if approval is None or approval.decision != AssetStatus.approved:
+                continue  # never publish without an approval record
+            for d in a.derivatives:
+                work.append((a, a.variant, d, approval))
+    targets = [(dest, destination_storage(ctx, dest)) for dest in spec.publish]
+    copied = verified = 0
+    manifest = []
+    for dest, store in targets:
+        for asset, variant, deriv, approval in work:
+            ext = deriv.uri.rsplit(".", 1)[-1]
+            key = f"{spec.id}/{deriv.channel}/{variant.product_id}-{variant.id}-v{asset.version}.{ext}"
+            uri = store.uri_for(key)
+            there = store.stat(uri)
+            if there is None or there.sha256 != deriv.sha256:
+                data = read_uri(deriv.uri, s3_client=getattr(ctx.storage, "client", None))
+                store.put(key, data, f"image/{deriv.format}")
+                copied += 1
+            else:
+                verified += 1
+            with ctx.catalog.session() as s:
+                pub = s.scalar(select(Publication).where(Publication.derivative_id == deriv.id,
+                                                         Publication.destination == store.root_uri))
+                if pub is None:
+                    s.add(Publication(derivative_id=deriv.id, run_pk=ctx.run_pk,
+                                      destination=store.root_uri, uri=uri, sha256=deriv.sha256))
+            manifest.append({
+                "asset_id": asset.id, "variant_id": variant.id, "product_id": variant.product_id,
+                "channel": deriv.channel, "destination_uri": uri, "sha256": deriv.sha256,
+                "model": asset.model_name, "model_version": asset.model_version,
+                "seed": asset.seed, "prompt": variant.prompt,
+                "approved_by": approval.reviewer, "approved_at": approval.at.isoformat(),
+            })
+    with ctx.catalog.session() as s:
+        for asset, *_ in work:
+            s.get(Asset, asset.id).status = AssetStatus.published
+    manifest_uri = _write_manifest(ctx, targets, manifest)
+    summary = {"published_assets": len({w[0].id for w in work}), "files": len(manifest),
+               "copied": copied, "verified": verified, "destinations": [t[1].root_uri for t in targets],
+               "manifest": manifest_uri}
+    with ctx.catalog.session() as s:
+        run = s.get(Run, ctx.run_pk)
+        run.manifest_uri = manifest_uri
+        run.summary = {**(run.summary or {}), "published": summary["published_assets"]}
+        run.state = "published"
+    log.info("Published %d files for %d assets to %d destination(s): %d copied, %d verified",
+             len(manifest), summary["published_assets"], len(targets), copied, verified)
+    return summary
+
+
+def _write_manifest(ctx, targets, rows: list[dict]) -> str:
+    body = json.dumps({"campaign": ctx.spec.id, "run_id": ctx.run_id, "files": rows}, indent=2)
+    buf = io.StringIO()
+    fields = ["asset_id", "variant_id", "product_id", "channel", "destination_uri", "sha256",
+              "model", "model_version", "seed", "approved_by", "approved_at", "prompt"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    name = f"{ctx.spec.id}/manifests/{ctx.run_key}"
+    for _dest, store in targets:
+        store.put(f"{name}.json", body.encode(), "application/json")
+        store.put(f"{name}.csv", buf.getvalue().encode(), "text/csv")
+    ctx.storage.put(ctx.key("manifest.csv"), buf.getvalue().encode(), "text/csv")
+    return ctx.storage.put(ctx.key("manifest.json"), body.encode(), "application/json").uri

@@ -1,0 +1,160 @@
+"""Storage by URI: ``file://`` under $DARKROOM_HOME/assets by default, ``s3://`` through boto3.
+
+Keys are deterministic (``{campaign}/{run}/originals/{variant}.png``) so a retried write
+lands on the same object, and every write reports the sha256 the catalog records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from darkroom.errors import StorageError
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stored:
+    uri: str
+    sha256: str
+    bytes: int
+
+
+class Storage(Protocol):
+    root_uri: str
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Stored: ...
+
+    def read(self, uri: str) -> bytes: ...
+
+    def stat(self, uri: str) -> Stored | None: ...
+
+    def uri_for(self, key: str) -> str: ...
+
+
+class FileStorage:
+    """A folder. Writes go to a temp file and are renamed, so readers never see half a file."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root_uri = self.root.as_uri()
+
+    def _path(self, uri_or_key: str) -> Path:
+        if uri_or_key.startswith("file://"):
+            path = Path(unquote(urlparse(uri_or_key).path))
+        else:
+            path = self.root / uri_or_key
+        return path
+
+    def uri_for(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Stored:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return Stored(path.as_uri(), sha256_bytes(data), len(data))
+
+    def read(self, uri: str) -> bytes:
+        try:
+            return self._path(uri).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{uri} does not exist") from None
+
+    def stat(self, uri: str) -> Stored | None:
+        path = self._path(uri)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        return Stored(path.as_uri(), sha256_bytes(data), len(data))
+
+
+class S3Storage:
+    """A bucket and prefix. ``endpoint_url`` points at MinIO or moto's server."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, client=None, endpoint_url: str | None = None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=endpoint_url)
+        self.client = client
+        self.root_uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    @staticmethod
+    def split(uri: str) -> tuple[str, str]:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise StorageError(f"{uri!r} is not an s3://bucket/key URI")
+        return parsed.netloc, parsed.path.lstrip("/")
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Stored:
+        digest = sha256_bytes(data)
+        full = self._key(key)
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=data, ContentType=content_type,
+                Metadata={"sha256": digest},
+            )
+        except Exception as exc:  # botocore's errors carry the useful text
+            raise StorageError(f"could not write s3://{self.bucket}/{full}: {exc}") from exc
+        return Stored(f"s3://{self.bucket}/{full}", digest, len(data))
+
+    def read(self, uri: str) -> bytes:
+        bucket, key = self.split(uri)
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise StorageError(f"{uri} does not exist") from None
+
+    def stat(self, uri: str) -> Stored | None:
+        bucket, key = self.split(uri)
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise StorageError(f"could not read {uri}: {exc}") from exc
+        digest = head.get("Metadata", {}).get("sha256")
+        if digest is None:  # written by someone else: hash the content
+            digest = sha256_bytes(self.read(uri))
+        return Stored(uri, digest, head["ContentLength"])
+
+
+def open_storage(url: str, *, s3_client=None, endpoint_url: str | None = None) -> Storage:
+    """A storage for a root URL: ``file:///path``, a plain path, or ``s3://bucket/prefix``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        return S3Storage(parsed.netloc, parsed.path, client=s3_client, endpoint_url=endpoint_url)
+    if parsed.scheme in ("file", ""):
+        return FileStorage(unquote(parsed.path) if parsed.scheme else url)
+    raise StorageError(f"unsupported storage URL {url!r}; use file:///path or s3://bucket/prefix")
+
+
+def read_uri(uri: str, *, s3_client=None, endpoint_url: str | None = None) -> bytes:
+    """Read any URI the catalog holds, whatever storage wrote it."""
+    if uri.startswith("s3://"):
+        return S3Storage(S3Storage.split(uri)[0], client=s3_client, endpoint_url=endpoint_url).read(uri)
+    return FileStorage("/").read(uri)

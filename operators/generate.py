@@ -1,0 +1,41 @@
+"""GenerateImagesOperator: the GPU stage. One mapped instance generates one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from airflow.sdk import BaseOperator, Context
+
+from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
+
+
+class GenerateImagesOperator(BaseOperator):
+    """Generate the images of one batch of a campaign run with a diffusers pipeline.
+
+    The pipeline is loaded with ``from_pretrained`` once per worker process and reused by
+    every batch that process runs. Each image is written (PNG with provenance) and recorded
+    in the catalog as it finishes, so a retry regenerates only what is missing.
+
+    :param spec_path: path of the campaign spec file. (templated)
+    :param batch: the batch number to generate, from ``expand_prompts``. (templated)
+    :param catalog_conn_id: Airflow connection of the catalog, if not the environment's.
+    """
+
+    template_fields: Sequence[str] = ("spec_path", "batch")
+    ui_color = "#2d2a3e"
+    ui_fgcolor = "#ffffff"
+
+    def __init__(self, *, spec_path: str, batch: int, catalog_conn_id: str = CATALOG_CONN_ID,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.spec_path = spec_path
+        self.batch = batch
+        self.catalog_conn_id = catalog_conn_id
+
+    def execute(self, context: Context) -> int:
+        from darkroom import stages
+
+        ctx = DarkroomHook(self.catalog_conn_id).run_context(self.spec_path, context)
+        counts = stages.generate(ctx, int(self.batch))
+        self.log.info("Batch %s done: %s", self.batch, counts)
+        return int(self.batch)

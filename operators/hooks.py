@@ -1,0 +1,73 @@
+"""DarkroomHook: the one place where Airflow configuration becomes Darkroom settings."""
+
+from __future__ import annotations
+
+import os
+
+from airflow.sdk import BaseHook, Context
+
+from darkroom.config import Settings
+from darkroom.stages import RunContext
+
+CATALOG_CONN_ID = os.environ.get("DARKROOM_CATALOG_CONN_ID", "darkroom_catalog")
+
+
+def _connection_or_none(conn_id: str):
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception:  # AirflowNotFoundException, or no API server in plain unit use
+        return None
+
+
+class DarkroomHook(BaseHook):
+    """Settings from the environment, with the catalog taken from an Airflow connection
+    (``darkroom_catalog``, a Postgres connection) when one is defined, and S3 clients from
+    the Amazon provider's S3Hook so AWS connections (and their endpoint overrides) apply.
+
+    :param catalog_conn_id: Airflow connection holding the catalog database.
+    """
+
+    conn_name_attr = "catalog_conn_id"
+    default_conn_name = CATALOG_CONN_ID
+    hook_name = "Darkroom"
+
+    def __init__(self, catalog_conn_id: str = CATALOG_CONN_ID, **kwargs):
+        super().__init__(**kwargs)
+        self.catalog_conn_id = catalog_conn_id
+
+    def settings(self) -> Settings:
+        url = None
+        if "DARKROOM_CATALOG_URL" not in os.environ:
+            conn = _connection_or_none(self.catalog_conn_id)
+            if conn is not None:
+                from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+                url = PostgresHook(postgres_conn_id=self.catalog_conn_id).sqlalchemy_url
+                url = url.render_as_string(hide_password=False) if hasattr(url, "render_as_string") else str(url)
+        return Settings.from_env(catalog_url=url)
+
+    @staticmethod
+    def s3_client(aws_conn_id: str | None, endpoint_url: str | None = None):
+        """A boto3 S3 client for an AWS connection; the connection may be absent (env creds)."""
+        if aws_conn_id and _connection_or_none(aws_conn_id) is not None:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            hook = S3Hook(aws_conn_id=aws_conn_id)
+            if endpoint_url is None:  # the connection's own endpoint_url extra applies
+                return hook.get_conn()
+            return hook.get_session().client("s3", endpoint_url=endpoint_url, config=hook.config)
+        import boto3
+
+        return boto3.client("s3", endpoint_url=endpoint_url)
+
+    def run_context(self, spec_path: str, context: Context) -> RunContext:
+        dag_run = context["dag_run"]
+        settings = self.settings()
+        return RunContext.open(
+            spec_path,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            conf=dict(context["params"]),
+            settings=settings,
+            s3_client_factory=self.s3_client,
+        )

@@ -1,0 +1,192 @@
+"""``darkroom run``: one DAG run in this process, through Airflow's own ``dag.test``.
+
+The CLI sets the embedded Airflow environment before importing this module. A progress
+display reads the catalog while the DAG runs; with ``approve_all`` a reviewer thread
+records the local user's approval for every QA-passed asset once the run reaches review.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from darkroom import review
+from darkroom.catalog import Catalog
+from darkroom.config import PROJECT_ROOT, Settings
+from darkroom.models import REVIEWABLE, Asset, AssetStatus, Derivative, Run
+from darkroom.spec import load_spec
+from darkroom.stages import local_user
+
+
+@dataclass
+class LocalRunResult:
+    dag_id: str
+    run_id: str
+    state: str
+    failed_tasks: list[str]
+    log_file: Path
+    counts: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
+
+
+def migrate_airflow_db() -> None:
+    """``airflow db migrate`` (idempotent, a few seconds), in a child so this process's
+    Airflow settings are read only once, after the DB exists."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _find_run(catalog: Catalog, dag_id: str, since: datetime) -> Run | None:
+    with catalog.session() as s:
+        return s.scalars(select(Run).where(Run.dag_id == dag_id, Run.started_at >= since)
+                         .order_by(Run.id.desc())).first()
+
+
+def run_counts(catalog: Catalog, run_pk: int) -> dict:
+    with catalog.session() as s:
+        statuses = dict(s.execute(select(Asset.status, func.count()).where(Asset.run_pk == run_pk)
+                                  .group_by(Asset.status)).all())
+        derivatives = s.scalar(select(func.count()).select_from(Derivative).join(Asset)
+                               .where(Asset.run_pk == run_pk))
+    total = sum(statuses.values())
+    checked = total - statuses.get(AssetStatus.generated, 0) - statuses.get(AssetStatus.failed, 0)
+    decided = sum(statuses.get(s, 0) for s in (AssetStatus.approved, AssetStatus.rejected,
+                                               AssetStatus.published))
+    return {"generated": total - statuses.get(AssetStatus.failed, 0), "failed": statuses.get("failed", 0),
+            "checked": checked, "qa_failed": statuses.get("qa_failed", 0),
+            "derivatives": derivatives, "decided": decided,
+            "published": statuses.get(AssetStatus.published, 0), "statuses": statuses}
+
+
+class _Reviewer(threading.Thread):
+    """--approve-all: approve, as the local user, once the run is waiting for review."""
+
+    def __init__(self, catalog: Catalog, dag_id: str, since: datetime):
+        super().__init__(daemon=True, name="darkroom-approve-all")
+        self.catalog, self.dag_id, self.since = catalog, dag_id, since
+        self.stop = threading.Event()
+        self.user = local_user()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            run = _find_run(self.catalog, self.dag_id, self.since)
+            if run is None or run.mlflow_run_id is None:  # not yet at await_approval
+                continue
+            for asset in review.waiting(self.catalog, run_id=run.run_id):
+                if asset.status in REVIEWABLE:
+                    review.decide(self.catalog, asset.id, "approve", self.user,
+                                  "darkroom run --approve-all")
+
+
+@contextlib.contextmanager
+def _output_to(log_file: Path, enabled: bool):
+    """Send Airflow's task logs (written to fds 1 and 2) to a file while the display runs."""
+    if not enabled:
+        yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Settings,
+                 console, quiet_logs: bool = True) -> LocalRunResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    loaded = load_spec(spec_path)
+    dag_id = loaded.spec.dag_id
+    migrate_airflow_db()
+    from airflow.dag_processing.dagbag import DagBag
+
+    dagbag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "campaigns.py"), include_examples=False)
+    dag = dagbag.get_dag(dag_id)
+    if dag is None:
+        errors = "\n".join(str(v) for v in dagbag.import_errors.values())
+        raise RuntimeError(f"DAG {dag_id} did not load from {PROJECT_ROOT / 'dags'}:\n{errors}")
+    # In-process runs fail fast: a failed task is reported now, not retried minutes later.
+    for t in dag.tasks:
+        t.retries = 0
+
+    catalog = Catalog(settings.catalog_url)
+    since = datetime.now(UTC)
+    stamp = since.strftime("%Y%m%dT%H%M%S")
+    log_file = settings.home / "logs" / f"{loaded.spec.id}-{stamp}.log"
+    reviewer = _Reviewer(catalog, dag_id, since) if approve_all else None
+    if reviewer:
+        reviewer.start()
+
+    progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
+                        transient=False)
+    bars = {name: progress.add_task(name, total=None, note="") for name in
+            ("plan", "generate", "qa", "derivatives", "review", "publish")}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            run = _find_run(catalog, dag_id, since)
+            if run is None:
+                continue
+            planned = (run.summary or {}).get("planned")
+            c = run_counts(catalog, run.id)
+            progress.update(bars["plan"], total=1, completed=1 if planned is not None else 0,
+                            note=f"{planned} variants" if planned is not None else "")
+            if planned is not None:
+                progress.update(bars["generate"], total=planned, completed=c["generated"] + c["failed"],
+                                note=f"{c['failed']} failed" if c["failed"] else "")
+                progress.update(bars["qa"], total=c["generated"] or None, completed=c["checked"],
+                                note=f"{c['qa_failed']} failed" if c["qa_failed"] else "")
+                progress.update(bars["derivatives"], total=None, completed=c["derivatives"], note="")
+                passed = c["checked"] - c["qa_failed"]
+                progress.update(bars["review"], total=passed or None, completed=c["decided"],
+                                note="waiting for reviewers" if run.mlflow_run_id and c["decided"] < passed else "")
+                progress.update(bars["publish"], total=passed or None, completed=c["published"])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    with progress:
+        watcher.start()
+        with _output_to(log_file, quiet_logs):
+            dr = dag.test(run_conf=conf)
+        done.set()
+        watcher.join()
+    if reviewer:
+        reviewer.stop.set()
+        reviewer.join()
+
+    from airflow.utils.state import TaskInstanceState
+
+    failed = sorted(f"{ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
+                    for ti in dr.get_task_instances()
+                    if ti.state in (TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED))
+    result = LocalRunResult(dag_id=dag_id, run_id=dr.run_id, state=str(dr.state),
+                            failed_tasks=failed, log_file=log_file)
+    with catalog.session() as s:
+        run = s.scalar(select(Run).where(Run.dag_id == dag_id, Run.run_id == dr.run_id))
+        if run is not None:
+            result.counts = run_counts(catalog, run.id)
+            result.run = {"summary": run.summary, "contact_sheet": run.contact_sheet_uri,
+                          "manifest": run.manifest_uri, "model_version": run.model_version,
+                          "mlflow_run_id": run.mlflow_run_id}
+    return result
