@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import DAG, Asset, Param, task
-
 from darkroom.errors import SpecError
 from darkroom.spec import LoadedSpec, load_spec, spec_files
 from darkroom_operators.approval import CampaignApprovalSensor
@@ -158,8 +157,9 @@ def build_all() -> dict[str, DAG]:
             errors.append(exc)
             continue
         if loaded.spec.dag_id in dags:
-            errors.append(SpecError(str(spec_path), [f"field `id` = {loaded.spec.id!r}: another spec "
-                                                      "already uses this id; fix: give each campaign its own id"]))
+            errors.append(SpecError(str(spec_path), [
+                f"field `id` = {loaded.spec.id!r}: another spec already uses this id; "
+                "fix: give each campaign its own id"]))
             continue
         dags[loaded.spec.dag_id] = build_dag(loaded)
     if errors:

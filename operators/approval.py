@@ -14,7 +14,6 @@ from typing import Any
 
 from airflow.sdk import BaseOperatorLink, BaseSensorOperator, Context
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-
 from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from airflow.sdk import BaseOperator, Context
-
 from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook, Context
-
 from darkroom.config import Settings
-from darkroom.stages import RunContext
+
+if TYPE_CHECKING:  # the stages pull in SQLAlchemy's ORM: not at DAG parse time
+    from darkroom.stages import RunContext
 
 CATALOG_CONN_ID = os.environ.get("DARKROOM_CATALOG_CONN_ID", "darkroom_catalog")
 
@@ -42,8 +44,8 @@ class DarkroomHook(BaseHook):
             if conn is not None:
                 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-                url = PostgresHook(postgres_conn_id=self.catalog_conn_id).sqlalchemy_url
-                url = url.render_as_string(hide_password=False) if hasattr(url, "render_as_string") else str(url)
+                sa_url = PostgresHook(postgres_conn_id=self.catalog_conn_id).sqlalchemy_url
+                url = sa_url.render_as_string(hide_password=False)
         return Settings.from_env(catalog_url=url)
 
     @staticmethod
@@ -61,6 +63,8 @@ class DarkroomHook(BaseHook):
         return boto3.client("s3", endpoint_url=endpoint_url)
 
     def run_context(self, spec_path: str, context: Context) -> RunContext:
+        from darkroom.stages import RunContext
+
         dag_run = context["dag_run"]
         settings = self.settings()
         return RunContext.open(

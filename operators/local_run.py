@@ -12,12 +12,9 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlalchemy import func, select
 
 from darkroom import review
 from darkroom.catalog import Catalog
@@ -25,6 +22,7 @@ from darkroom.config import PROJECT_ROOT, Settings
 from darkroom.models import REVIEWABLE, Asset, AssetStatus, Derivative, Run
 from darkroom.spec import load_spec
 from darkroom.stages import local_user
+from sqlalchemy import func, select
 
 
 @dataclass
@@ -43,6 +41,22 @@ def migrate_airflow_db() -> None:
     Airflow settings are read only once, after the DB exists."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def load_dag(dag_id: str):
+    """The campaign's DAG, parsed by Airflow's DagBag from the factory file, set to fail
+    fast: in-process runs report a failed task now instead of retrying it minutes later."""
+    migrate_airflow_db()
+    from airflow.dag_processing.dagbag import DagBag
+
+    dagbag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "campaigns.py"))
+    dag = dagbag.get_dag(dag_id)
+    if dag is None:
+        errors = "\n".join(str(v) for v in dagbag.import_errors.values())
+        raise RuntimeError(f"DAG {dag_id} did not load from {PROJECT_ROOT / 'dags'}:\n{errors}")
+    for t in dag.tasks:
+        t.retries = 0
+    return dag
 
 
 def _find_run(catalog: Catalog, dag_id: str, since: datetime) -> Run | None:
@@ -117,22 +131,12 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
 
     loaded = load_spec(spec_path)
     dag_id = loaded.spec.dag_id
-    migrate_airflow_db()
-    from airflow.dag_processing.dagbag import DagBag
-
-    dagbag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "campaigns.py"), include_examples=False)
-    dag = dagbag.get_dag(dag_id)
-    if dag is None:
-        errors = "\n".join(str(v) for v in dagbag.import_errors.values())
-        raise RuntimeError(f"DAG {dag_id} did not load from {PROJECT_ROOT / 'dags'}:\n{errors}")
-    # In-process runs fail fast: a failed task is reported now, not retried minutes later.
-    for t in dag.tasks:
-        t.retries = 0
+    since = datetime.now(UTC)
+    log_file = settings.home / "logs" / f"{loaded.spec.id}-{since.strftime('%Y%m%dT%H%M%S')}.log"
+    with console.status("Preparing Airflow (database, DAG parsing)"), _output_to(log_file, quiet_logs):
+        dag = load_dag(dag_id)
 
     catalog = Catalog(settings.catalog_url)
-    since = datetime.now(UTC)
-    stamp = since.strftime("%Y%m%dT%H%M%S")
-    log_file = settings.home / "logs" / f"{loaded.spec.id}-{stamp}.log"
     reviewer = _Reviewer(catalog, dag_id, since) if approve_all else None
     if reviewer:
         reviewer.start()
@@ -160,8 +164,9 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
                                 note=f"{c['qa_failed']} failed" if c["qa_failed"] else "")
                 progress.update(bars["derivatives"], total=None, completed=c["derivatives"], note="")
                 passed = c["checked"] - c["qa_failed"]
+                waiting = run.mlflow_run_id and c["decided"] < passed
                 progress.update(bars["review"], total=passed or None, completed=c["decided"],
-                                note="waiting for reviewers" if run.mlflow_run_id and c["decided"] < passed else "")
+                                note="waiting for reviewers" if waiting else "")
                 progress.update(bars["publish"], total=passed or None, completed=c["published"])
 
     watcher = threading.Thread(target=watch, daemon=True)

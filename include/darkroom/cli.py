@@ -40,7 +40,8 @@ def _catalog():
 @app.command()
 def run(
     campaign: Annotated[str, typer.Argument(help="Spec file path, or a campaign id in include/campaigns")],
-    approve_all: Annotated[bool, typer.Option("--approve-all", help="Approve every QA-passed asset as the local user")] = False,
+    approve_all: Annotated[bool, typer.Option(
+        "--approve-all", help="Approve every QA-passed asset as the local user")] = False,
     conf: Annotated[str, typer.Option(help='Run Params as JSON, e.g. \'{"limit": 4}\'')] = "{}",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Airflow's task logs")] = False,
 ) -> None:
@@ -72,22 +73,30 @@ def run(
         raise typer.Exit(1)
 
 
+def _local(uri: str | None) -> str:
+    return uri.removeprefix("file://") if uri else "-"
+
+
 def _print_summary(result) -> None:
     c, r = result.counts, result.run
     st = c.get("statuses", {})
-    table = Table(title=f"{result.dag_id} / {result.run_id}: {result.state}", show_header=False)
-    table.add_row("planned", str((r.get("summary") or {}).get("planned", "-")))
-    table.add_row("generated", f"{c.get('generated', 0)} ({c.get('failed', 0)} failed)")
-    table.add_row("QA", f"{c.get('checked', 0) - c.get('qa_failed', 0)} passed, {c.get('qa_failed', 0)} failed")
-    table.add_row("approved", str(st.get("approved", 0) + st.get("published", 0)))
-    table.add_row("rejected", str(st.get("rejected", 0)))
-    table.add_row("published", str(c.get("published", 0)))
-    table.add_row("model version", str(r.get("model_version")))
-    table.add_row("contact sheet", str(r.get("contact_sheet")))
-    table.add_row("manifest", str(r.get("manifest")))
-    table.add_row("MLflow run", str(r.get("mlflow_run_id")))
-    table.add_row("Airflow log", str(result.log_file))
-    console.print(table)
+    colour = "green" if result.state == "success" else "red"
+    console.print(f"\n[bold {colour}]{result.dag_id} {result.run_id}: {result.state}[/]")
+    rows = [
+        ("planned", (r.get("summary") or {}).get("planned", "-")),
+        ("generated", f"{c.get('generated', 0)} ({c.get('failed', 0)} failed)"),
+        ("QA", f"{c.get('checked', 0) - c.get('qa_failed', 0)} passed, {c.get('qa_failed', 0)} failed"),
+        ("approved", st.get("approved", 0) + st.get("published", 0)),
+        ("rejected", st.get("rejected", 0)),
+        ("published", c.get("published", 0)),
+        ("model version", r.get("model_version")),
+        ("contact sheet", _local(r.get("contact_sheet"))),
+        ("manifest", _local(r.get("manifest"))),
+        ("MLflow run", r.get("mlflow_run_id")),
+        ("Airflow log", result.log_file),
+    ]
+    for name, value in rows:
+        console.print(f"  {name:<14} {value}", soft_wrap=True, highlight=False)
     if result.failed_tasks:
         err.print(f"[red]Failed tasks: {', '.join(result.failed_tasks)}[/]; see {result.log_file}")
 
@@ -147,7 +156,8 @@ def _decide(decision: str, asset_ids: list[str], every: bool, campaign: str | No
 @review_app.command("approve")
 def review_approve(
     asset_ids: Annotated[list[str] | None, typer.Argument()] = None,
-    every: Annotated[bool, typer.Option("--all", help="Every waiting asset (narrow with --campaign/--run)")] = False,
+    every: Annotated[bool, typer.Option(
+        "--all", help="Every waiting asset (narrow with --campaign/--run)")] = False,
     campaign: Annotated[str | None, typer.Option()] = None,
     run_id: Annotated[str | None, typer.Option("--run")] = None,
     note: Annotated[str, typer.Option()] = "",
@@ -202,7 +212,8 @@ def assets_search(
 
 @models_app.command("build-tiny")
 def models_build_tiny(
-    path: Annotated[Path | None, typer.Argument(help="Folder to write (default: $DARKROOM_HOME/models/tiny-sd)")] = None,
+    path: Annotated[Path | None, typer.Argument(
+        help="Folder to write (default: $DARKROOM_HOME/models/tiny-sd)")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if it exists")] = False,
 ) -> None:
     """Build the offline tiny random-weight Stable Diffusion pipeline."""
@@ -245,6 +256,50 @@ def spec_schema(out: Annotated[Path | None, typer.Argument()] = None) -> None:
         console.print(f"Wrote {out}")
     else:
         print(text, end="")
+
+
+@app.command("up")
+def up(
+    airflow_port: Annotated[int, typer.Option()] = 8080,
+    mlflow_port: Annotated[int, typer.Option()] = 5000,
+    host: Annotated[str, typer.Option(
+        help="Bind address; 0.0.0.0 exposes the UIs to the network")] = "127.0.0.1",
+) -> None:
+    """Airflow UI (with the review gallery) and MLflow UI on this machine, until Ctrl-C."""
+    import os
+    import subprocess
+    import time
+
+    from darkroom.config import apply_airflow_env
+
+    settings = Settings.from_env()
+    apply_airflow_env(settings)
+    os.environ.setdefault("AIRFLOW__API__HOST", host)
+    os.environ.setdefault("AIRFLOW__API__PORT", str(airflow_port))
+    os.environ.setdefault("AIRFLOW__API__BASE_URL", f"http://{host}:{airflow_port}")
+    bin_dir = Path(sys.executable).parent
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"  # standalone needs `airflow`
+    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", host, "--port", str(mlflow_port),
+                          "--backend-store-uri", settings.mlflow_tracking_uri,
+                          "--artifacts-destination", settings.mlflow_artifacts_dir.as_uri()]),
+        subprocess.Popen([str(bin_dir / "airflow"), "standalone"]),
+    ]
+    password_file = Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    console.print(f"Airflow UI: http://{host}:{airflow_port}  (user admin, password in {password_file})")
+    console.print(f"MLflow UI:  http://{host}:{mlflow_port}")
+    console.print("Ctrl-C stops both.")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
 
 
 @app.command("bench")

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -29,8 +30,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware on every backend: SQLite drops the zone, so values read back get UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict: JSON, list: JSON}
+    type_annotation_map = {dict: JSON, list: JSON, datetime: UTCDateTime}
 
 
 class AssetStatus(enum.StrEnum):
@@ -56,7 +69,7 @@ class Campaign(Base):
     spec_hash: Mapped[str] = mapped_column(String(64))
     spec_path: Mapped[str] = mapped_column(Text)
     spec_body: Mapped[dict] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Run(Base):
@@ -76,8 +89,8 @@ class Run(Base):
     summary: Mapped[dict] = mapped_column(JSON, default=dict)
     contact_sheet_uri: Mapped[str | None] = mapped_column(Text)
     manifest_uri: Mapped[str | None] = mapped_column(Text)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def key(self) -> str:
@@ -98,7 +111,7 @@ class ValidationResult(Base):
     success: Mapped[bool] = mapped_column(Boolean)
     rows: Mapped[int] = mapped_column(Integer)
     summary: Mapped[dict] = mapped_column(JSON)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Variant(Base):
@@ -121,7 +134,7 @@ class Variant(Base):
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
     seed: Mapped[int] = mapped_column(BigInteger)
     params: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class PlanItem(Base):
@@ -169,7 +182,7 @@ class Asset(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     backend: Mapped[str] = mapped_column(String(32))
     timings: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     variant: Mapped[Variant] = relationship()
     qa_results: Mapped[list[QAResult]] = relationship(
@@ -192,7 +205,7 @@ class QAResult(Base):
     threshold: Mapped[float | None] = mapped_column(Float)
     passed: Mapped[bool] = mapped_column(Boolean)
     detail: Mapped[str] = mapped_column(Text, default="")
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     asset: Mapped[Asset] = relationship(back_populates="qa_results")
 
@@ -225,7 +238,7 @@ class Review(Base):
     decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
     reviewer: Mapped[str] = mapped_column(String(250), index=True)
     note: Mapped[str] = mapped_column(Text, default="")
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     asset: Mapped[Asset] = relationship(back_populates="reviews")
 
@@ -242,6 +255,6 @@ class Publication(Base):
     destination: Mapped[str] = mapped_column(Text)
     uri: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     derivative: Mapped[Derivative] = relationship(back_populates="publications")

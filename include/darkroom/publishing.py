@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from darkroom.models import Asset, AssetStatus, Derivative, Publication, Review, Run
+from darkroom.models import Asset, AssetStatus, Publication, Review, Run
 from darkroom.storage import FileStorage, S3Storage, Storage, read_uri
 
 log = logging.getLogger("darkroom")
@@ -47,7 +47,7 @@ def publish_run(ctx) -> dict:
     targets = [(dest, destination_storage(ctx, dest)) for dest in spec.publish]
     copied = verified = 0
     manifest = []
-    for dest, store in targets:
+    for _dest, store in targets:
         for asset, variant, deriv, approval in work:
             ext = deriv.uri.rsplit(".", 1)[-1]
             key = f"{spec.id}/{deriv.channel}/{variant.product_id}-{variant.id}-v{asset.version}.{ext}"

@@ -16,6 +16,11 @@ from urllib.parse import unquote, urlparse
 
 from darkroom.errors import StorageError
 
+# mkstemp makes files 0600; published files must be readable like any other file the
+# process writes, so apply the process umask ourselves.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -63,6 +68,7 @@ class FileStorage:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
                 fh.write(data)
             os.replace(tmp, path)
         except BaseException:
@@ -105,10 +111,11 @@ class S3Storage:
 
     @staticmethod
     def split(uri: str) -> tuple[str, str]:
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or not parsed.netloc:
+        # Not urlparse: keys may hold '#' or '?' (product ids are free text).
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or not bucket:
             raise StorageError(f"{uri!r} is not an s3://bucket/key URI")
-        return parsed.netloc, parsed.path.lstrip("/")
+        return bucket, key.lstrip("/")
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Stored:
         digest = sha256_bytes(data)
@@ -128,6 +135,8 @@ class S3Storage:
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except self.client.exceptions.NoSuchKey:
             raise StorageError(f"{uri} does not exist") from None
+        except Exception as exc:
+            raise StorageError(f"could not read {uri}: {exc}") from exc
 
     def stat(self, uri: str) -> Stored | None:
         bucket, key = self.split(uri)

@@ -41,7 +41,12 @@ def write_tokenizer(directory: Path) -> int:
 def build_tiny_pipeline(path: str | Path, *, seed: int = 0) -> Path:
     """Build and ``save_pretrained`` the tiny pipeline at ``path``. Deterministic for a seed."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     path = Path(path)

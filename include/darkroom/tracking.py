@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from darkroom.config import PROJECT_ROOT
 from darkroom.models import Asset, QAResult, Run
+from darkroom.prompts import template_version
 
 
 def _git_commit() -> str:
@@ -80,7 +81,7 @@ def log_run(ctx, contact_sheet_uri: str) -> str:
                 "scheduler": g.scheduler, "steps": g.steps, "guidance": g.guidance,
                 "size": f"{g.width}x{g.height}", "seeds_per_variant": g.seeds_per_variant,
                 "batch_size": g.batch_size, "loras": "[]",
-                "template_version": __import__("darkroom.prompts", fromlist=["x"]).template_version(ctx.loaded),
+                "template_version": template_version(ctx.loaded),
                 "conf": json.dumps(ctx.conf.__dict__),
             })
         metrics = {

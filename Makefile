@@ -1,0 +1,55 @@
+# Darkroom: `make demo` and `make test` set up everything they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export DARKROOM_HOME ?= $(CURDIR)/.darkroom
+STAMP := $(VENV)/.installed
+TINY := $(DARKROOM_HOME)/models/tiny-sd/model_index.json
+CAMPAIGN ?= spring_tiles
+
+.PHONY: demo test test-fast up bench lint schema clean help
+help:
+	@echo "make demo   - set up, build the tiny model, run $(CAMPAIGN) end to end, print a summary"
+	@echo "make test   - set up and run the whole test suite"
+	@echo "make up     - Airflow UI (with the review gallery) and MLflow UI on localhost"
+	@echo "make bench  - benchmarks, results in docs/bench/"
+	@echo "make lint   - ruff"
+
+# The venv is rebuilt when the dependency pins change. torch==2.13.0 comes from the local
+# CPU wheel that pip finds (uv and poetry do not).
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]'
+	touch $@
+
+$(TINY): | $(STAMP)
+	$(BIN)/darkroom models build-tiny
+
+demo: $(STAMP) $(TINY)
+	$(BIN)/darkroom run $(CAMPAIGN) --approve-all
+	@echo
+	@echo "Published files: $(DARKROOM_HOME)/published/   Catalog: $(DARKROOM_HOME)/catalog.db"
+	@echo "Everything about them: $(BIN)/darkroom assets search --campaign $(CAMPAIGN) --json"
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not e2e and not postgres"
+
+up: $(STAMP) $(TINY)
+	$(BIN)/darkroom up
+
+bench: $(STAMP) $(TINY)
+	$(BIN)/darkroom bench generate --images 16 --batch-size 1 --batch-size 4 --out docs/bench/generate.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check include operators dags plugins tests
+
+schema: $(STAMP)
+	$(BIN)/darkroom spec schema schemas/campaign.schema.json
+
+clean:
+	rm -rf $(DARKROOM_HOME)
