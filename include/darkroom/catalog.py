@@ -59,7 +59,7 @@ def migrate(url: str) -> None:
     cfg = alembic_config(url)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
     _migrated.add(url)
 
 
