@@ -6,12 +6,18 @@ import this module first. Subprocess runs (``darkroom run``) get the same variab
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-AIRFLOW_HOME = Path(os.environ.get("DARKROOM_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="darkroom-airflow-"))
+if os.environ.get("DARKROOM_TEST_AIRFLOW_HOME"):
+    AIRFLOW_HOME = Path(os.environ["DARKROOM_TEST_AIRFLOW_HOME"])
+else:
+    AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="darkroom-airflow-"))
+    atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
 
 ENV = {
     "AIRFLOW_HOME": str(AIRFLOW_HOME),

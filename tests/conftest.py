@@ -166,3 +166,41 @@ def bucket(s3_client) -> Iterator[str]:
         for obj in page.get("Contents", []):
             s3_client.delete_object(Bucket=name, Key=obj["Key"])
     s3_client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny pipeline, built once per session (the same code `make demo` runs)."""
+    from darkroom.tiny_model import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture
+def use_tiny_model(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point `generation.model: tiny` at the session's tiny pipeline."""
+    monkeypatch.setenv("DARKROOM_TINY_MODEL", str(tiny_model))
+    return tiny_model
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[str]:
+    """Tracking URI of a throwaway ``mlflow server`` on 127.0.0.1 (SQLite backend store and
+    artifact root in a temp dir), shared by the session."""
+    from tests.mlflow_server import mlflow_server as start
+
+    with contextlib.ExitStack() as stack:
+        yield _start(stack, start)
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Send this test's tracking and registry calls to the session's MLflow server."""
+    monkeypatch.setenv("DARKROOM_MLFLOW_TRACKING_URI", mlflow_server)
+    no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1,localhost"]))
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    monkeypatch.setenv("no_proxy", no_proxy)
+    return mlflow_server
