@@ -32,8 +32,29 @@ class LocalRunResult:
     state: str
     failed_tasks: list[str]
     log_file: Path
+    not_run: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
+
+
+def domain_errors(log_file: Path) -> list[str]:
+    """The Darkroom errors (with their explanation lines) that failed tasks raised.
+
+    They are what a user can act on; the tracebacks around them stay in the log file.
+    """
+    if not log_file.is_file():
+        return []
+    errors, current = [], None
+    for line in log_file.read_text(errors="replace").splitlines():
+        if line.startswith("darkroom.errors."):
+            current = [line.split(": ", 1)[-1]]
+            errors.append(current)
+        elif current is not None and line and not line[:4].isdigit():
+            current.append(line)  # continuation of the message, until the next log record
+        else:
+            current = None
+    return list(dict.fromkeys("\n".join(e) for e in errors))
 
 
 def migrate_airflow_db() -> None:
@@ -182,11 +203,16 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
 
     from airflow.utils.state import TaskInstanceState
 
-    failed = sorted(f"{ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
-                    for ti in dr.get_task_instances()
-                    if ti.state in (TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED))
-    result = LocalRunResult(dag_id=dag_id, run_id=dr.run_id, state=str(dr.state),
-                            failed_tasks=failed, log_file=log_file)
+    def label(ti) -> str:
+        return ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
+
+    tis = dr.get_task_instances()
+    result = LocalRunResult(
+        dag_id=dag_id, run_id=dr.run_id, state=str(dr.state), log_file=log_file,
+        failed_tasks=sorted(label(ti) for ti in tis if ti.state == TaskInstanceState.FAILED),
+        not_run=sorted(label(ti) for ti in tis if ti.state == TaskInstanceState.UPSTREAM_FAILED),
+        errors=domain_errors(log_file) if quiet_logs else [],
+    )
     with catalog.session() as s:
         run = s.scalar(select(Run).where(Run.dag_id == dag_id, Run.run_id == dr.run_id))
         if run is not None:

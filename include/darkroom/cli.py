@@ -18,7 +18,8 @@ app = typer.Typer(help="Darkroom: campaign specs in, traceable approved images o
                   no_args_is_help=True, pretty_exceptions_enable=False)
 review_app = typer.Typer(help="Approve or reject generated assets.", no_args_is_help=True)
 assets_app = typer.Typer(help="Find assets and their lineage.", no_args_is_help=True)
-models_app = typer.Typer(help="Models: build the offline tiny pipeline.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: the offline tiny pipeline; model profiles in the MLflow registry.",
+                         no_args_is_help=True)
 spec_app = typer.Typer(help="Campaign specs: check them, export the JSON Schema.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 app.add_typer(assets_app, name="assets")
@@ -73,8 +74,91 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def regenerate(
+    campaign: Annotated[str, typer.Argument(help="Spec file path, or a campaign id in include/campaigns")],
+    model_version: Annotated[str, typer.Option(
+        help="Model version for the new assets: a profile version or alias, or a revision")],
+    where: Annotated[list[str] | None, typer.Option(
+        help="Only variants whose assets match KEY=VALUE (assets search filters, e.g. "
+             "status=rejected, qa_failed=blur, product=SKU-1); repeat to combine")] = None,
+    approve_all: Annotated[bool, typer.Option("--approve-all")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Regenerate a campaign with another model version: one DAG run in this process with
+    conf {"model_version": V} (and the matching variants). New asset versions supersede the
+    old ones, which stay; QA, review and publishing run for the new versions only."""
+    import os
+
+    from darkroom.config import apply_airflow_env
+    from darkroom.lineage import search_query
+    from darkroom.spec import find_spec, load_spec
+
+    settings = Settings.from_env()
+    spec_path = find_spec(campaign, settings.campaigns_dir).resolve()
+    loaded = load_spec(spec_path)
+    conf: dict = {"model_version": model_version}
+    if where:
+        filters = {}
+        for item in where:
+            key, sep, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            allowed = ("product", "status", "model_profile", "model_version", "lora", "template_version",
+                       "since", "until", "qa_failed", "reviewer", "run_id")
+            if not sep or key not in allowed:
+                raise typer.BadParameter(f"--where {item!r}: expected KEY=VALUE with KEY one of {allowed}")
+            filters[key] = value
+        with _catalog().session() as s:
+            q = search_query(campaign=loaded.spec.id, **filters)
+            conf["variants"] = sorted({a.variant_id for a, _run in s.execute(q).all()})
+        if not conf["variants"]:
+            err.print(f"No asset of {loaded.spec.id} matches {where}: nothing to regenerate")
+            raise typer.Exit(1)
+        console.print(f"{len(conf['variants'])} variants match {where}")
+    os.environ["DARKROOM_CAMPAIGNS_DIR"] = str(spec_path.parent)
+    apply_airflow_env(settings)
+    from darkroom_operators.local_run import run_campaign
+
+    console.print(f"[bold]Regenerating {loaded.spec.dag_id}[/] with model version {model_version}")
+    result = run_campaign(spec_path, conf, approve_all=approve_all, settings=settings,
+                          console=console, quiet_logs=not verbose)
+    _print_summary(result)
+    if result.state != "success":
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="Airflow run id or MLflow run id")],
+    run_b: Annotated[str, typer.Argument(help="Airflow run id or MLflow run id")],
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: $DARKROOM_HOME/compare/...)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Two runs side by side: their contact sheets in one PNG, QA metrics in a table."""
+    from darkroom.lineage import compare_runs
+    from darkroom.models import safe_key
+
+    settings = Settings.from_env()
+    out = out or settings.home / "compare" / f"{safe_key(run_a)}__vs__{safe_key(run_b)}.png"
+    result = compare_runs(_catalog(), run_a, run_b, out)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    table = Table("", run_a, run_b)
+    for name, a, b in result["rows"]:
+        table.add_row(name, str(a), str(b))
+    console.print(table)
+    console.print(f"Contact sheets side by side: {out}")
+
+
 def _local(uri: str | None) -> str:
     return uri.removeprefix("file://") if uri else "-"
+
+
+def _reused(run: dict, counts: dict) -> int:
+    planned = (run.get("summary") or {}).get("planned") or 0
+    return max(0, planned - counts.get("generated", 0) - counts.get("failed", 0))
 
 
 def _print_summary(result) -> None:
@@ -85,6 +169,7 @@ def _print_summary(result) -> None:
     rows = [
         ("planned", (r.get("summary") or {}).get("planned", "-")),
         ("generated", f"{c.get('generated', 0)} ({c.get('failed', 0)} failed)"),
+        ("reused", f"{_reused(r, c)} (same identity generated by an earlier run)"),
         ("QA", f"{c.get('checked', 0) - c.get('qa_failed', 0)} passed, {c.get('qa_failed', 0)} failed"),
         ("approved", st.get("approved", 0) + st.get("published", 0)),
         ("rejected", st.get("rejected", 0)),
@@ -97,8 +182,13 @@ def _print_summary(result) -> None:
     ]
     for name, value in rows:
         console.print(f"  {name:<14} {value}", soft_wrap=True, highlight=False)
+    for message in result.errors:
+        err.print(f"\n[red]{message}[/]", highlight=False)
     if result.failed_tasks:
-        err.print(f"[red]Failed tasks: {', '.join(result.failed_tasks)}[/]; see {result.log_file}")
+        err.print(f"\n[red]Failed: {', '.join(result.failed_tasks)}[/]", highlight=False)
+        if result.not_run:
+            err.print(f"Not run (upstream failed): {', '.join(result.not_run)}", highlight=False)
+        err.print(f"Task logs: {result.log_file}", highlight=False)
 
 
 # -- review -----------------------------------------------------------------------------
@@ -186,8 +276,17 @@ def review_reject(
 def assets_search(
     campaign: Annotated[str | None, typer.Option()] = None,
     product: Annotated[str | None, typer.Option()] = None,
-    status: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option(help="e.g. published, rejected, qa_failed")] = None,
+    model_profile: Annotated[str | None, typer.Option(
+        help="Model name: a registry profile, or e.g. tiny-sd")] = None,
     model_version: Annotated[str | None, typer.Option()] = None,
+    lora: Annotated[str | None, typer.Option(help="LoRA NAME or NAME@VERSION")] = None,
+    template_version: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[str | None, typer.Option(help="Created on/after: 2026-01-01 or ISO time")] = None,
+    until: Annotated[str | None, typer.Option(help="Created before the end of: 2026-01-31")] = None,
+    qa_failed: Annotated[str | None, typer.Option(
+        help="Failed this QA check (a check name, or blur / blank)")] = None,
+    reviewer: Annotated[str | None, typer.Option(help="Reviewed by")] = None,
     run_id: Annotated[str | None, typer.Option("--run")] = None,
     limit: Annotated[int | None, typer.Option()] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -195,17 +294,23 @@ def assets_search(
     """Assets with their lineage: prompt, seed, model, params, QA, review, URIs."""
     from darkroom.lineage import search
 
-    rows = search(_catalog(), campaign=campaign, product=product, status=status,
-                  model_version=model_version, run_id=run_id, limit=limit)
+    try:
+        rows = search(_catalog(), campaign=campaign, product=product, status=status,
+                      model_profile=model_profile, model_version=model_version, lora=lora,
+                      template_version=template_version, since=since, until=until,
+                      qa_failed=qa_failed, reviewer=reviewer, run_id=run_id, limit=limit)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
-    table = Table("asset", "campaign", "product", "status", "model", "seed", "approved by")
+    table = Table("asset", "v", "campaign", "product", "status", "model", "seed", "approved by")
     for r in rows:
-        table.add_row(r["asset_id"], r["campaign"], r["product_id"], r["status"],
+        table.add_row(r["asset_id"], str(r["version"]), r["campaign"], r["product_id"], r["status"],
                       f"{r['model']['name']}@{r['model']['version']}", str(r["seed"]),
                       (r["review"] or {}).get("reviewer", ""))
     console.print(table)
+    console.print(f"{len(rows)} assets")
 
 
 # -- models, spec -------------------------------------------------------------------------
@@ -226,6 +331,75 @@ def models_build_tiny(
     with console.status(f"Building the tiny pipeline at {path}"):
         build_tiny_pipeline(path)
     console.print(f"Built the tiny pipeline at {path} (random weights: it draws noise)")
+
+
+def _lora_list(values: list[str] | None):
+    from darkroom.profiles import Lora
+
+    return [Lora.parse(v) for v in values or []]
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="Profile name, e.g. product_sd")],
+    base: Annotated[str, typer.Argument(help="Base model: a local pipeline folder or a hub id")],
+    revision: Annotated[str | None, typer.Option(help="Hub revision (commit) of the base model")] = None,
+    checksum: Annotated[str | None, typer.Option(
+        help="sha256 of the weights (computed for a local folder)")] = None,
+    lora: Annotated[list[str] | None, typer.Option(
+        help="NAME@VERSION[:WEIGHT][=PATH]; repeat for several")] = None,
+    scheduler: Annotated[str | None, typer.Option()] = None,
+    steps: Annotated[int | None, typer.Option(help="Default steps")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Default guidance")] = None,
+    alias: Annotated[str | None, typer.Option(help="Also point this alias at the new version")] = None,
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Register a new version of a model profile in the MLflow Model Registry."""
+    from darkroom import profiles
+
+    settings = Settings.from_env()
+    defaults = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+    rp = profiles.register(settings, name, base, revision=revision, checksum=checksum,
+                           loras=_lora_list(lora), scheduler=scheduler, defaults=defaults,
+                           description=description)
+    console.print(f"Registered {rp.uri} (base {rp.profile.base}, checksum {rp.profile.checksum or '-'}) "
+                  f"in {settings.mlflow_tracking_uri}")
+    if alias:
+        profiles.promote(settings, name, rp.version, alias)
+        console.print(f"models:/{name}@{alias} -> version {rp.version}")
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    alias: Annotated[str, typer.Option(help="champion or challenger (or any alias)")] = "champion",
+) -> None:
+    """Point an alias (default champion) at a version; the previous one is kept in its history."""
+    from darkroom import profiles
+
+    previous = profiles.promote(Settings.from_env(), name, version, alias)
+    console.print(f"models:/{name}@{alias} -> version {version} (was {previous or 'unset'})")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument()],
+    alias: Annotated[str, typer.Option()] = "champion",
+) -> None:
+    """Move an alias back to the version it pointed at before its last promotion."""
+    from darkroom import profiles
+
+    version = profiles.rollback(Settings.from_env(), name, alias)
+    console.print(f"models:/{name}@{alias} -> version {version} (rolled back)")
+
+
+@models_app.command("list")
+def models_list(name: Annotated[str, typer.Argument()]) -> None:
+    """A profile's versions, aliases and alias history, as JSON."""
+    from darkroom import profiles
+
+    print(json.dumps(profiles.describe(Settings.from_env(), name), indent=2))
 
 
 @spec_app.command("check")
@@ -304,18 +478,31 @@ def up(
 
 @app.command("bench")
 def bench(
-    stage: Annotated[str, typer.Argument(help="generate")] = "generate",
+    stage: Annotated[str, typer.Argument(help="generate | qa")] = "generate",
     images: Annotated[int, typer.Option(help="Images to generate")] = 16,
     batch_size: Annotated[list[int] | None, typer.Option(help="Batch sizes to compare")] = None,
     size: Annotated[int, typer.Option(help="Width and height")] = 64,
     steps: Annotated[int, typer.Option()] = 4,
-    out: Annotated[Path, typer.Option(help="Results file (JSON)")] = Path("docs/bench/generate.json"),
+    out: Annotated[Path | None, typer.Option(help="Results file (JSON); default docs/bench/STAGE.json")] \
+        = None,
 ) -> None:
-    """Measure images/s of the generate stage on this machine's device."""
-    from darkroom.bench import bench_generate
+    """Measure the generate stage (images/s on this machine's device) or qa (CPU ms per
+    1024x1024 image for the default checks plus one JPEG derivative)."""
+    from darkroom.bench import bench_generate, bench_qa
 
-    if stage != "generate":
-        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate")
+    if stage not in ("generate", "qa"):
+        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa")
+    out = out or Path(f"docs/bench/{stage}.json")
+    if stage == "qa":
+        result = bench_qa(images=images)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        cpu, par = result["cpu_ms_per_image"], result["parallel"]
+        console.print(f"QA + JPEG derivative: {cpu['total_median']} CPU ms per 1024x1024 image "
+                      f"(checks {cpu['qa_checks_median']}, derivative {cpu['jpeg_derivative_median']}); "
+                      f"{par['images_per_s']} images/s on {par['workers']} workers")
+        console.print(f"Wrote {out}")
+        return
     result = bench_generate(Settings.from_env(), images=images, batch_sizes=batch_size or [1, 4],
                             size=size, steps=steps)
     out.parent.mkdir(parents=True, exist_ok=True)
