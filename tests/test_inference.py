@@ -1,0 +1,118 @@
+"""The local diffusers backend on the tiny pipeline: loading, reproducibility, OOM handling."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from darkroom.config import Settings
+from darkroom.errors import ModelError
+from darkroom.inference import (
+    LocalDiffusersBackend,
+    Request,
+    generate_halving,
+    load_pipeline,
+    resolve_model,
+)
+
+
+def _pixels(img) -> str:
+    return hashlib.sha256(np.asarray(img).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    ref = resolve_model(str(tiny_model), None, Settings.from_env())
+    return LocalDiffusersBackend(ref, "cpu")
+
+
+def _requests(n: int, **kw) -> list[Request]:
+    base = dict(width=64, height=64, steps=3, guidance=7.5, scheduler="ddim")
+    base.update(kw)
+    return [Request(f"v{i}", f"studio photo of item {i}", "blurry", 40 + i, **base) for i in range(n)]
+
+
+def test_pipeline_is_loaded_once_per_process(backend):
+    assert load_pipeline(backend.ref, backend.device, backend.dtype) is backend.pipeline
+
+
+def test_same_pixels_whatever_the_batch(backend):
+    reqs = _requests(4)
+    alone = [_pixels(backend.generate([r])[0].image) for r in reqs]
+    together = [_pixels(r.image) for r in backend.generate(reqs)]
+    reversed_batch = [_pixels(r.image) for r in backend.generate(reqs[::-1])][::-1]
+    assert alone == together == reversed_batch
+    assert len(set(alone)) == 4  # and the seeds do matter
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m"])
+def test_schedulers_by_name_change_pixels(backend, scheduler):
+    (ddim,) = backend.generate(_requests(1))
+    (other,) = backend.generate(_requests(1, scheduler=scheduler))
+    assert _pixels(ddim.image) != _pixels(other.image)
+    assert backend.sampler_name(scheduler) in ("Euler", "DPM++ 2M")
+
+
+def test_model_version_is_a_content_checksum(tiny_model, tmp_path):
+    settings = Settings.from_env()
+    ref = resolve_model(str(tiny_model), None, settings)
+    assert len(ref.version) == 12 and ref.model_hash == ref.version[:10]
+    assert resolve_model(str(tiny_model), None, settings, ref.version[:8]).version == ref.version
+    with pytest.raises(ModelError, match=r"model_version 'abc' was requested but .* is version"):
+        resolve_model(str(tiny_model), None, settings, "abc")
+
+
+@pytest.mark.parametrize("model,match", [
+    ("/nonexistent/model", "folder does not exist"),
+    ("tiny", "not built at .*fix: run `darkroom models build-tiny"),
+], ids=["missing-folder", "tiny-not-built"])
+def test_unusable_model_references(model, match, tmp_path):
+    settings = Settings.from_env(tiny_model_dir=tmp_path / "none")
+    with pytest.raises(ModelError, match=match):
+        resolve_model(model, None, settings)
+
+
+def test_folder_without_model_index(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no model_index.json"):
+        resolve_model(str(tmp_path / "empty"), None, Settings.from_env())
+
+
+class _SmallGPU:
+    """A stand-in device with room for two images at a time (a CPU has no OOM to provoke)."""
+
+    name = "local"
+
+    def __init__(self, backend):
+        self.inner, self.calls = backend, []
+
+    def generate(self, requests):
+        self.calls.append(len(requests))
+        if len(requests) > 2:
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner.generate(requests)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_pixels(backend):
+    reqs = _requests(5)
+    expected = [_pixels(r.image) for r in backend.generate(reqs)]
+    small = _SmallGPU(backend)
+    halvings = []
+    results = generate_halving(small, reqs, on_halve=lambda n, h: halvings.append((n, h)))
+    assert [_pixels(r.image) for r in results] == expected
+    assert [r.variant_id for r in results] == [r.variant_id for r in reqs]
+    assert halvings == [(5, 2), (3, 1)]
+    assert small.calls == [5, 2, 3, 1, 2]
+
+
+def test_other_errors_are_not_retried(backend):
+    class Broken:
+        def generate(self, requests):
+            raise RuntimeError("backend down")
+
+    with pytest.raises(RuntimeError, match="backend down"):
+        generate_halving(Broken(), _requests(4))
