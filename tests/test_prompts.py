@@ -65,7 +65,8 @@ def test_restricted_terms_matching(text, found):
 def test_restricted_term_marks_variant(tiles):
     rows = [dict(ROWS[0], name="guaranteed mug")]
     variants = render_variants(tiles, rows)
-    assert all(v.violations == ["'guaranteed' in prompt"] for v in variants)
+    assert all([str(x) for x in v.violations] == ["restricted term 'guaranteed' from product column `name`"]
+               for v in variants)
 
 
 @pytest.mark.parametrize("n,per_task,max_tasks,sizes", [

@@ -1,17 +1,28 @@
 """Product data checked with Great Expectations 1.x before anything is generated.
 
 GX is imported inside :func:`validate_products` (it takes seconds to import), so DAG parsing
-never pays for it. The suite is the campaign's defaults (id not null and unique, required
-columns not null) plus the expectations in the spec's suite file, if any.
+never pays for it. The suite is the campaign's defaults (required columns exist, id not null
+and unique, required columns not null) plus the spec's suite file or inline expectations.
+Reference images are checked by our own code (GX has no "file exists" expectation) and
+reported in the same report, the same way.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import logging
+import math
+import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from darkroom.errors import ValidationFailed
 from darkroom.spec import LoadedSpec
+
+log = logging.getLogger("darkroom")
+SAMPLE_ROWS = 5
+REFERENCE_CHECK = "expect_reference_images_to_exist"
 
 
 @dataclass
@@ -21,84 +32,232 @@ class ValidationReport:
     rows: int
     failures: list[dict] = field(default_factory=list)
     evaluated: int = 0
+    results: list[dict] = field(default_factory=list)  # every expectation, passed or not
+    report_uri: str | None = None
 
     def summary(self) -> dict:
         return {"suite": self.suite, "success": self.success, "rows": self.rows,
-                "evaluated": self.evaluated, "failures": self.failures}
+                "evaluated": self.evaluated, "failures": self.failures,
+                "report_uri": self.report_uri}
 
     def describe(self) -> str:
-        lines = [f"{len(self.failures)} of {self.evaluated} expectations failed on {self.rows} rows:"]
+        lines = [f"{len(self.failures)} of {self.evaluated} expectations failed on {self.rows} rows "
+                 f"(suite {self.suite}):"]
         for f in self.failures:
-            lines.append(
-                f"  - {f['expectation']} on column {f.get('column')!r}: {f['unexpected_count']} "
-                f"failing rows, e.g. {f['sample']}"
-            )
+            args = ", ".join(f"{k}={v!r}" for k, v in f.get("kwargs", {}).items() if k != "column")
+            col = f" on column {f['column']!r}" if f.get("column") else ""
+            lines.append(f"  - {f['expectation']}{col}{f' ({args})' if args else ''}: "
+                         f"{f['unexpected_count']} failing row(s)"
+                         + (f"; {f['detail']}" if f.get("detail") else ""))
+            for row in f.get("sample", []):
+                lines.append("      " + ", ".join(f"{k}={v!r}" for k, v in row.items()))
+        if self.report_uri:
+            lines.append(f"Report: {self.report_uri}")
         return "\n".join(lines)
 
+    def to_html(self, title: str) -> str:
+        """A data-docs-like page: every expectation, failures first, with sample rows."""
+        e = html.escape
+        rows = []
+        for r in sorted(self.results, key=lambda r: r["success"]):
+            sample = "".join(
+                "<li><code>" + e(", ".join(f"{k}={v!r}" for k, v in s.items())) + "</code></li>"
+                for s in r.get("sample", []))
+            kwargs = e(json.dumps(r.get("kwargs", {}), default=str))
+            status = "passed" if r["success"] else "FAILED"
+            rows.append(
+                f'<tr class="{status.lower()}"><td>{status}</td><td>{e(r["expectation"])}</td>'
+                f'<td>{e(str(r.get("column") or ""))}</td><td><code>{kwargs}</code></td>'
+                f'<td>{e(str(r.get("unexpected_count") if r.get("unexpected_count") is not None else ""))}'
+                f'</td><td>{e(r.get("detail") or "")}<ul>{sample}</ul></td></tr>')
+        verdict = "passed" if self.success else "failed"
+        return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
+tr.failed td:first-child{{color:#b00;font-weight:bold}}tr.passed td:first-child{{color:#070}}</style>
+</head><body>
+<h1>{e(title)}</h1>
+<p>Suite <b>{e(self.suite)}</b>: <b>{verdict}</b> — {len(self.failures)} of {self.evaluated}
+expectations failed on {self.rows} rows.</p>
+<table><tr><th>status</th><th>expectation</th><th>column</th><th>arguments</th>
+<th>failing rows</th><th>detail / sample rows</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
 
-def expectation_configs(loaded: LoadedSpec, columns: list[str]) -> list[dict]:
+
+def _plain(v):
+    """JSON- and repr-friendly values: numpy scalars to Python, NaN to None."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v if v is None or isinstance(v, str | int | float | bool) else str(v)
+
+
+def suite_path(loaded: LoadedSpec, name: str) -> Path:
+    from darkroom.config import PROJECT_ROOT
+
+    path = loaded.resolve(name)
+    if not path.is_file():
+        path = PROJECT_ROOT / "include" / "expectations" / name
+    if not path.is_file():
+        raise ValidationFailed(
+            f"{loaded.path}: field `products.expectations` = {name!r}: no such suite next to the "
+            f"spec or in include/expectations/; fix: create it or correct the name")
+    return path
+
+
+def expectation_configs(loaded: LoadedSpec) -> list[dict]:
     spec = loaded.spec
-    id_col = spec.products.id_column
-    configs = [
-        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": id_col}},
-        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": id_col}},
+    p = spec.products
+    required = list(dict.fromkeys([p.id_column, *p.required_columns, *p.columns.values()]))
+    configs = [{"type": "expect_column_to_exist", "kwargs": {"column": c}} for c in required]
+    configs += [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": p.id_column}},
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": p.id_column}},
     ]
-    for col in spec.products.required_columns:
-        if col != id_col:
+    for col in p.required_columns:
+        if col != p.id_column:
             configs.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": col}})
-    if spec.products.expectations:
-        from darkroom.config import PROJECT_ROOT
-
-        suite_path = loaded.resolve(spec.products.expectations)
-        if not suite_path.is_file():
-            suite_path = PROJECT_ROOT / "include" / "expectations" / spec.products.expectations
-        data = json.loads(suite_path.read_text("utf-8"))
+    if isinstance(p.expectations, str):
+        path = suite_path(loaded, p.expectations)
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValidationFailed(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from None
         configs += data.get("expectations", [])
+    elif p.expectations:
+        configs += [x.model_dump() for x in p.expectations]
     return configs
 
 
-def validate_products(loaded: LoadedSpec, df) -> ValidationReport:
-    """Run the suite on the product frame. Raises ValidationFailed on missing columns."""
+def _sample(res: dict, id_col: str, column: str | None) -> list[dict]:
+    rows = res.get("unexpected_index_list") or []
+    if rows and isinstance(rows[0], dict):
+        out = []
+        for r in rows[:SAMPLE_ROWS]:
+            d = {id_col: _plain(r.get(id_col))}
+            if column and column != id_col:
+                d[column] = _plain(r.get(column))
+            out.append(d)
+        return out
+    return [{column or "value": _plain(v)} for v in (res.get("partial_unexpected_list") or [])[:SAMPLE_ROWS]]
+
+
+def _reference_exists(value: str, loaded: LoadedSpec, s3_client_factory) -> str | None:
+    """None when the reference image exists, else why not."""
+    try:
+        if value.startswith("s3://"):
+            from darkroom.storage import S3Storage
+
+            client = s3_client_factory() if s3_client_factory else None
+            found = S3Storage(S3Storage.split(value)[0], client=client).stat(value)
+            return None if found else "no such object"
+        if value.startswith(("http://", "https://")):
+            req = urllib.request.Request(value, method="HEAD")
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (scheme checked above)
+                return None if resp.status < 400 else f"HTTP {resp.status}"
+        path = Path(value.removeprefix("file://"))
+        path = path if path.is_absolute() else loaded.resolve(value)
+        return None if path.is_file() else "no such file"
+    except Exception as exc:  # an unreachable host is a failing row, not a crash
+        return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def check_reference_images(loaded: LoadedSpec, df, s3_client_factory=None) -> dict | None:
+    p = loaded.spec.products
+    col = p.reference_image_column
+    if not col:
+        return None
+    result = {"expectation": REFERENCE_CHECK, "column": col, "kwargs": {"column": col},
+              "success": True, "unexpected_count": 0, "sample": []}
+    if col not in df.columns:
+        result.update(success=False, detail=f"column {col!r} is missing", unexpected_count=len(df))
+        return result
+    bad = []
+    for pid, value in zip(df[p.id_column], df[col], strict=True):
+        value = _plain(value)
+        if value in (None, ""):
+            continue  # optional: make the column required to demand a reference for every row
+        why = _reference_exists(str(value), loaded, s3_client_factory)
+        if why:
+            bad.append({p.id_column: _plain(pid), col: value, "problem": why})
+    result.update(success=not bad, unexpected_count=len(bad), sample=bad[:SAMPLE_ROWS])
+    return result
+
+
+def _quiet_context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    # tqdm bars in task logs are noise, one line per metric.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
+
+
+def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None) -> ValidationReport:
+    """Run the suite (plus the reference-image check) on the product frame."""
+    # GX logs its own registration chatter at INFO on import: not what a task log is for.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.expectations.registry import get_expectation_impl
 
+    # GX, ephemeral: nothing is written to disk, nothing is read from a project folder.
+    context = _quiet_context()
     spec = loaded.spec
     id_col = spec.products.id_column
-    needed = {id_col, *spec.products.required_columns, *spec.products.columns.values()}
-    missing = sorted(needed - set(df.columns))
-    if missing:
-        raise ValidationFailed(
-            f"{loaded.path}: product data {loaded.product_source} lacks column(s) {missing} "
-            f"(has {sorted(df.columns)}); fix: add them, or map names with products.columns"
-        )
     suite_name = f"{spec.id}.products"
-    context = gx.get_context(mode="ephemeral")
+    present = set(df.columns)
+    results: list[dict] = []
+    # 1. Expectations on a missing column would only raise; its expect_column_to_exist fails.
+    suite = gx.ExpectationSuite(name=suite_name)
+    for cfg in expectation_configs(loaded):
+        col = cfg.get("kwargs", {}).get("column")
+        if col is not None and col not in present and cfg["type"] != "expect_column_to_exist":
+            results.append({"expectation": cfg["type"], "column": col, "kwargs": cfg.get("kwargs", {}),
+                            "success": False, "unexpected_count": len(df), "sample": [],
+                            "detail": f"column {col!r} is missing (has {sorted(present)})"})
+            continue
+        try:
+            impl = get_expectation_impl(cfg["type"])
+            suite.add_expectation(impl(**cfg.get("kwargs", {})))
+        except Exception as exc:
+            raise ValidationFailed(
+                f"{loaded.path}: expectation {cfg['type']!r} in the product suite is invalid: "
+                f"{str(exc).splitlines()[0]}; fix its type or kwargs") from None
+    # 2. Validate the whole frame as one batch.
     batch = (
         context.data_sources.add_pandas("products")
         .add_dataframe_asset("products")
         .add_batch_definition_whole_dataframe("all")
         .get_batch(batch_parameters={"dataframe": df})
     )
-    suite = gx.ExpectationSuite(name=suite_name)
-    for cfg in expectation_configs(loaded, list(df.columns)):
-        try:
-            impl = get_expectation_impl(cfg["type"])
-        except Exception:
-            raise ValidationFailed(
-                f"{loaded.path}: unknown expectation type {cfg['type']!r} in the product suite"
-            ) from None
-        suite.add_expectation(impl(**cfg.get("kwargs", {})))
-    result = batch.validate(suite, result_format="SUMMARY")
-    report = ValidationReport(suite_name, bool(result.success), len(df), evaluated=len(result.results))
+    index_cols = [id_col] if id_col in present else []
+    result = batch.validate(suite, result_format={
+        "result_format": "COMPLETE", "unexpected_index_column_names": index_cols,
+        "partial_unexpected_count": SAMPLE_ROWS, "return_unexpected_index_query": False})
     for r in result.results:
-        if r.success:
-            continue
         cfg = r.expectation_config
         res = r.result or {}
-        report.failures.append({
-            "expectation": cfg.type,
-            "column": cfg.kwargs.get("column"),
-            "unexpected_count": res.get("unexpected_count"),
-            "sample": res.get("partial_unexpected_list", [])[:5],
-        })
-    return report
+        col = cfg.kwargs.get("column")
+        entry = {"expectation": cfg.type, "column": col,
+                 "kwargs": {k: _plain(v) if not isinstance(v, list | dict) else v
+                            for k, v in cfg.kwargs.items() if k not in ("batch_id",)},
+                 "success": bool(r.success), "unexpected_count": res.get("unexpected_count"),
+                 "sample": [] if r.success else _sample(res, id_col, col)}
+        if cfg.type == "expect_column_to_exist" and not r.success:
+            entry["detail"] = f"column {col!r} is missing (has {sorted(present)})"
+        exc_info = r.exception_info or {}
+        if exc_info.get("raised_exception"):
+            entry["detail"] = str(exc_info.get("exception_message"))[:300]
+        results.append(entry)
+    # 3. Our own check, reported like the others.
+    ref = check_reference_images(loaded, df, s3_client_factory)
+    if ref is not None:
+        results.append(ref)
+    failures = [{k: v for k, v in r.items() if k != "success"} for r in results if not r["success"]]
+    return ValidationReport(suite_name, not failures, len(df), failures=failures,
+                            evaluated=len(results), results=results)
