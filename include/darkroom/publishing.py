@@ -2,6 +2,13 @@
 
 Idempotent: a publication row per (derivative, destination) and a checksum check of what is
 already there mean a retry or re-run copies nothing twice; only approved assets are copied.
+
+Order matters for reviewers working while publish runs: first every approved asset is
+*claimed* (row lock, newest review re-checked, status set to ``published``) in one
+transaction, then files are copied. A decision arriving after the claim is refused (409 in
+the gallery) instead of silently losing to a copy already under way; a copy that fails
+leaves the asset ``published`` with its approval, and the retry (which selects approved and
+published assets) copies what is missing.
 """
 
 from __future__ import annotations
@@ -32,16 +39,18 @@ def destination_storage(ctx, dest) -> Storage:
 def publish_run(ctx) -> dict:
     spec = ctx.spec
     with ctx.catalog.session() as s:
+        # Locked so a concurrent decision waits for the claim, then sees "published".
         assets = list(s.scalars(select(Asset).where(
             Asset.run_pk == ctx.run_pk,
             Asset.status.in_([AssetStatus.approved, AssetStatus.published]))
-            .order_by(Asset.created_at)))
+            .order_by(Asset.created_at, Asset.id).with_for_update()))
         work = []
         for a in assets:
             approval = s.scalars(select(Review).where(Review.asset_id == a.id)
                                  .order_by(Review.id.desc())).first()
             if approval is None or approval.decision != AssetStatus.approved:
                 continue  # never publish without an approval record
+            a.status = AssetStatus.published  # the claim; see the module docstring
             for d in a.derivatives:
                 work.append((a, a.variant, d, approval))
     targets = [(dest, destination_storage(ctx, dest)) for dest in spec.publish]
@@ -53,7 +62,10 @@ def publish_run(ctx) -> dict:
             key = f"{spec.id}/{deriv.channel}/{variant.product_id}-{variant.id}-v{asset.version}.{ext}"
             uri = store.uri_for(key)
             there = store.stat(uri)
-            if there is None or there.sha256 != deriv.sha256:
+            if there is None or there.sha256 != deriv.sha256 or there.bytes != deriv.bytes:
+                if there is not None:
+                    log.warning("%s differs from the catalog (sha256 %s, expected %s): copying again",
+                                uri, there.sha256, deriv.sha256)
                 data = read_uri(deriv.uri, s3_client=getattr(ctx.storage, "client", None))
                 store.put(key, data, f"image/{deriv.format}")
                 copied += 1
@@ -65,6 +77,8 @@ def publish_run(ctx) -> dict:
                 if pub is None:
                     s.add(Publication(derivative_id=deriv.id, run_pk=ctx.run_pk,
                                       destination=store.root_uri, uri=uri, sha256=deriv.sha256))
+                elif (pub.uri, pub.sha256) != (uri, deriv.sha256):
+                    pub.uri, pub.sha256 = uri, deriv.sha256
             manifest.append({
                 "asset_id": asset.id, "variant_id": variant.id, "product_id": variant.product_id,
                 "channel": deriv.channel, "destination_uri": uri, "sha256": deriv.sha256,
@@ -72,9 +86,6 @@ def publish_run(ctx) -> dict:
                 "seed": asset.seed, "prompt": variant.prompt,
                 "approved_by": approval.reviewer, "approved_at": approval.at.isoformat(),
             })
-    with ctx.catalog.session() as s:
-        for asset, *_ in work:
-            s.get(Asset, asset.id).status = AssetStatus.published
     manifest_uri = _write_manifest(ctx, targets, manifest)
     summary = {"published_assets": len({w[0].id for w in work}), "files": len(manifest),
                "copied": copied, "verified": verified, "destinations": [t[1].root_uri for t in targets],

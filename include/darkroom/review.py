@@ -1,40 +1,72 @@
 """Human decisions on assets. Each decision is an audit-logged row in ``review``.
 
 The rule for the current state: an asset's decision is its newest review row (highest id);
-the asset's status mirrors it. A decision on an asset that has moved on (published, failed
-QA, failed, or superseded by a newer version) is refused.
+the asset's status mirrors it. Deciding locks the asset row (``SELECT ... FOR UPDATE`` on
+PostgreSQL, the database write lock on SQLite), so two reviewers deciding the same asset at
+once are serialized: both rows are kept, the later one wins, and the status always equals
+the newest row's decision. A decision on an asset that has moved on (published, failed QA,
+failed, or superseded by a newer version) is refused with :class:`AssetMovedOn`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
 
 from darkroom.catalog import Catalog
 from darkroom.errors import ReviewError
-from darkroom.models import REVIEWABLE, Asset, AssetStatus, Review, Run
+from darkroom.models import REVIEWABLE, Asset, AssetStatus, Derivative, Review, Run
 
 DECISIONS = {"approve": AssetStatus.approved, "approved": AssetStatus.approved,
              "reject": AssetStatus.rejected, "rejected": AssetStatus.rejected}
 DECIDABLE = (*REVIEWABLE, AssetStatus.approved, AssetStatus.rejected)
+MAX_NOTE = 4000
+
+
+class BadDecision(ReviewError):
+    """The request itself is wrong (unknown decision word, no reviewer, note too long)."""
+
+
+class AssetNotFound(ReviewError):
+    """No asset with that id in the catalog."""
+
+
+class AssetMovedOn(ReviewError):
+    """The asset is past the point where a decision means anything (HTTP 409)."""
 
 
 def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: str = "") -> Review:
+    """Record one decision; return its review row.
+
+    :raises BadDecision: ``decision`` is not approve/reject, no reviewer, or the note is too long.
+    :raises AssetNotFound: no such asset.
+    :raises AssetMovedOn: the asset is published, superseded, failed or failed QA.
+    """
     if decision not in DECISIONS:
-        raise ReviewError(f"decision {decision!r} is not one of approve, reject")
+        raise BadDecision(f"decision {decision!r} is not one of approve, reject")
     if not reviewer:
-        raise ReviewError("a decision needs a reviewer")
+        raise BadDecision("a decision needs a reviewer")
+    note = note or ""
+    if len(note) > MAX_NOTE:
+        raise BadDecision(f"note is {len(note)} characters; keep it under {MAX_NOTE}")
     status = DECISIONS[decision]
     with catalog.session() as s:
-        # Lock the row where the database can (PostgreSQL) so two reviewers serialize.
+        # Take the write lock before reading, so two reviewers serialize and the second reads
+        # the first one's decision: a no-op UPDATE does it on SQLite (no row locks; its write
+        # lock is per database), FOR UPDATE on PostgreSQL. Reading first on SQLite could see a
+        # stale status, and an unchanged attribute emits no UPDATE: a lost decision.
+        s.execute(update(Asset).where(Asset.id == asset_id).values(status=Asset.status))
         asset = s.scalar(select(Asset).where(Asset.id == asset_id).with_for_update())
         if asset is None:
-            raise ReviewError(f"no asset {asset_id!r}; `darkroom review list` shows the waiting ones")
+            raise AssetNotFound(f"no asset {asset_id!r}; `darkroom review list` shows the waiting ones")
         newer = s.scalar(select(Asset.id).where(Asset.supersedes_id == asset.id))
         if newer:
-            raise ReviewError(f"asset {asset_id} was superseded by {newer}; review that one")
+            raise AssetMovedOn(f"asset {asset_id} was superseded by {newer}; review that one")
         if asset.status not in DECIDABLE:
-            raise ReviewError(f"asset {asset_id} is {asset.status}; only assets that passed QA "
-                              "and are not yet published take a decision")
+            raise AssetMovedOn(f"asset {asset_id} is {asset.status}; only assets that passed QA "
+                               "and are not yet published take a decision")
         row = Review(asset_id=asset.id, decision=status.value, reviewer=reviewer, note=note)
         s.add(row)
         asset.status = status
@@ -53,3 +85,118 @@ def waiting(catalog: Catalog, campaign: str | None = None, run_id: str | None = 
         for a in assets:
             _ = a.variant, a.qa_results
         return assets
+
+
+# -- reading, for the gallery, the JSON API and `darkroom review show` --------------------
+
+@dataclass(frozen=True)
+class RunRef:
+    pk: int
+    campaign: str
+    dag_id: str
+    run_id: str
+    state: str
+    model_version: str | None
+    contact_sheet_uri: str | None
+    manifest_uri: str | None
+
+
+def _run_ref(run: Run) -> RunRef:
+    return RunRef(run.id, run.campaign_id, run.dag_id, run.run_id, run.state, run.model_version,
+                  run.contact_sheet_uri, run.manifest_uri)
+
+
+def find_run(catalog: Catalog, dag_id: str, run_id: str) -> RunRef | None:
+    with catalog.session() as s:
+        run = s.scalar(select(Run).where(Run.dag_id == dag_id, Run.run_id == run_id))
+        return _run_ref(run) if run else None
+
+
+def runs(catalog: Catalog, dag_ids: set[str] | None = None, limit: int = 200) -> list[dict]:
+    """Recent runs, newest first, with how many assets wait; ``dag_ids`` narrows (None: all)."""
+    from sqlalchemy import func
+
+    with catalog.session() as s:
+        q = select(Run).order_by(Run.started_at.desc()).limit(limit)
+        if dag_ids is not None:
+            q = q.where(Run.dag_id.in_(sorted(dag_ids)))
+        out = []
+        for run in s.scalars(q):
+            counts = dict(s.execute(select(Asset.status, func.count()).where(Asset.run_pk == run.id)
+                                    .group_by(Asset.status)).all())
+            out.append({"campaign": run.campaign_id, "dag_id": run.dag_id, "run_id": run.run_id,
+                        "state": run.state, "started_at": run.started_at,
+                        "waiting": sum(counts.get(st, 0) for st in REVIEWABLE),
+                        "total": sum(counts.values())})
+        return out
+
+
+def asset_run(catalog: Catalog, asset_id: str) -> RunRef:
+    """The run an asset belongs to (whose DAG decides who may see and decide it)."""
+    with catalog.session() as s:
+        row = s.execute(select(Run).join(Asset, Asset.run_pk == Run.id)
+                        .where(Asset.id == asset_id)).scalar()
+        if row is None:
+            raise AssetNotFound(f"no asset {asset_id!r}")
+        return _run_ref(row)
+
+
+def show(catalog: Catalog, asset_id: str) -> dict:
+    """Everything about one asset: lineage, QA, every review row (the audit log)."""
+    from darkroom.lineage import asset_record
+
+    with catalog.session() as s:
+        a = s.scalar(select(Asset).where(Asset.id == asset_id).options(
+            selectinload(Asset.qa_results), selectinload(Asset.reviews), selectinload(Asset.variant),
+            selectinload(Asset.derivatives).selectinload(Derivative.publications)))
+        if a is None:
+            raise AssetNotFound(f"no asset {asset_id!r}; `darkroom assets search --json` lists them")
+        run = s.get(Run, a.run_pk)
+        record = asset_record(a, run)
+        record["reviews"] = [{"id": r.id, "decision": r.decision, "reviewer": r.reviewer,
+                              "note": r.note, "at": r.at} for r in a.reviews]
+        record["superseded_by"] = s.scalar(select(Asset.id).where(Asset.supersedes_id == a.id))
+        record["channels"] = list(a.variant.channels)
+        record["variant_params"] = a.variant.params
+        return record
+
+
+def run_assets(catalog: Catalog, run: RunRef, *, status: str | None = None,
+               channel: str | None = None) -> list[dict]:
+    """Every asset of a run that has an image, for the gallery, filtered by status/channel."""
+    from darkroom.lineage import asset_record
+
+    with catalog.session() as s:
+        q = (select(Asset).where(Asset.run_pk == run.pk, Asset.uri.is_not(None))
+             .options(selectinload(Asset.qa_results), selectinload(Asset.reviews),
+                      selectinload(Asset.variant),
+                      selectinload(Asset.derivatives).selectinload(Derivative.publications))
+             .order_by(Asset.created_at, Asset.id))
+        if status:
+            q = q.where(Asset.status == status)
+        db_run = s.get(Run, run.pk)
+        out = []
+        for a in s.scalars(q):
+            if channel and channel not in a.variant.channels:
+                continue
+            rec = asset_record(a, db_run)
+            rec["channels"] = list(a.variant.channels)
+            rec["reviews"] = [{"id": r.id, "decision": r.decision, "reviewer": r.reviewer,
+                               "note": r.note, "at": r.at} for r in a.reviews]
+            rec["failed_checks"] = [q for q in rec["qa"] if not q["passed"]]
+            out.append(rec)
+        return out
+
+
+def file_uri(catalog: Catalog, asset_id: str, kind: str) -> str:
+    """The catalog's URI for an asset's original (``kind="original"``) or a channel's
+    derivative (``kind=<channel>``). Only URIs recorded in the catalog are ever returned."""
+    with catalog.session() as s:
+        if kind == "original":
+            uri = s.scalar(select(Asset.uri).where(Asset.id == asset_id))
+        else:
+            uri = s.scalar(select(Derivative.uri).where(Derivative.asset_id == asset_id,
+                                                        Derivative.channel == kind))
+    if not uri:
+        raise AssetNotFound(f"asset {asset_id!r} has no {kind!r} file in the catalog")
+    return uri

@@ -1,0 +1,232 @@
+"""The review gallery's FastAPI app, mounted by Airflow's API server at ``/darkroom``.
+
+Pages (HTML, Jinja2 with autoescape):
+    GET  /review/                          runs the user may see, with how many assets wait
+    GET  /review/{dag_id}/{run_id}         the gallery of one run (?status=&channel=)
+JSON API (the same operations, for scripts and chat-ops):
+    GET  /api/runs
+    GET  /api/runs/{dag_id}/{run_id}/assets?status=&channel=
+    GET  /api/assets/{asset_id}
+    POST /api/assets/{asset_id}/{approve|reject}            {"note": "..."}
+    POST /api/runs/{dag_id}/{run_id}/{approve|reject}       {"asset_ids": [...], "note": "..."}
+Writes need the ``X-Darkroom-CSRF: 1`` header and JSON bodies (see security.py).
+Files (only URIs the catalog records; the client names an asset and a kind, never a path):
+    GET  /files/asset/{asset_id}/{original|<channel>}?w=256
+    GET  /files/run/{dag_id}/{run_id}/contact-sheet
+
+Status codes: 401 no or bad credentials, 403 not allowed or cross-site, 404 unknown, 409 the
+asset moved on (published, superseded, failed QA), 400 a bad request.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.core_api.security import get_user
+from darkroom import review
+from darkroom.catalog import Catalog
+from darkroom.config import Settings
+from darkroom.errors import StorageError
+from darkroom.models import AssetStatus
+from darkroom.storage import read_uri
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, Field
+
+from darkroom_review.security import CSRF_HEADER, authorize_dag, check_same_origin, readable_dag_ids
+
+HERE = Path(__file__).resolve().parent
+User = Annotated[BaseUser, Depends(get_user)]
+Decision = Literal["approve", "reject"]
+STATUSES = [s.value for s in AssetStatus]
+
+app = FastAPI(title="Darkroom review", docs_url=None, redoc_url=None, openapi_url=None)
+app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+templates = Jinja2Templates(env=Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True)))
+
+# Inline script and style are refused: even if some text escaped its escaping, it cannot run.
+CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
+
+
+@app.middleware("http")
+async def _headers(request: Request, call_next):
+    response = await call_next(request)
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@lru_cache(maxsize=4)
+def _catalog_for(url: str) -> Catalog:
+    return Catalog(url)
+
+
+def catalog() -> Catalog:
+    # Read per request so the URL follows the API server's environment (and tests' changes).
+    return _catalog_for(Settings.from_env().catalog_url)
+
+
+CatalogDep = Annotated[Catalog, Depends(catalog)]
+
+
+@app.exception_handler(review.ReviewError)
+async def _review_error(_request: Request, exc: review.ReviewError) -> JSONResponse:
+    code = (status.HTTP_409_CONFLICT if isinstance(exc, review.AssetMovedOn)
+            else status.HTTP_404_NOT_FOUND if isinstance(exc, review.AssetNotFound)
+            else status.HTTP_400_BAD_REQUEST)
+    return JSONResponse({"detail": str(exc)}, status_code=code)
+
+
+def _run_or_404(cat: Catalog, dag_id: str, run_id: str) -> review.RunRef:
+    run = review.find_run(cat, dag_id, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"the catalog has no run {run_id!r} of DAG {dag_id!r}")
+    return run
+
+
+def _base(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+# -- pages ------------------------------------------------------------------------------
+
+@app.get("/review/", response_class=HTMLResponse)
+def index_page(request: Request, user: User, cat: CatalogDep):
+    rows = review.runs(cat, readable_dag_ids(user))
+    return templates.TemplateResponse(request, "index.html", {
+        "runs": rows, "user": user.get_name(), "base": _base(request)})
+
+
+@app.get("/review/{dag_id}/{run_id:path}", response_class=HTMLResponse)
+def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: CatalogDep,
+                 status_filter: Annotated[str | None, Query(alias="status")] = None,
+                 channel: str | None = None):
+    authorize_dag(user, dag_id, "GET")
+    run = _run_or_404(cat, dag_id, run_id)
+    everything = review.run_assets(cat, run)
+    channels = sorted({c for a in everything for c in a["channels"]})
+    assets = [a for a in everything
+              if (not status_filter or a["status"] == status_filter)
+              and (not channel or channel in a["channels"])]
+    counts: dict[str, int] = {}
+    for a in everything:
+        counts[a["status"]] = counts.get(a["status"], 0) + 1
+    return templates.TemplateResponse(request, "gallery.html", {
+        "run": run, "assets": assets, "channels": channels, "statuses": STATUSES,
+        "status_filter": status_filter or "", "channel": channel or "", "counts": counts,
+        "total": len(everything), "user": user.get_name(), "base": _base(request),
+        "csrf_header": CSRF_HEADER, "decidable": {s.value for s in review.DECIDABLE}})
+
+
+# -- JSON API ---------------------------------------------------------------------------
+
+class DecisionBody(BaseModel):
+    note: str = Field("", max_length=review.MAX_NOTE)
+
+
+class BulkBody(BaseModel):
+    asset_ids: list[str] = Field(min_length=1, max_length=5000)
+    note: str = Field("", max_length=review.MAX_NOTE)
+
+
+@app.get("/api/runs")
+def api_runs(user: User, cat: CatalogDep) -> list[dict]:
+    return review.runs(cat, readable_dag_ids(user))
+
+
+@app.get("/api/runs/{dag_id}/{run_id:path}/assets")
+def api_run_assets(dag_id: str, run_id: str, user: User, cat: CatalogDep,
+                   status_filter: Annotated[str | None, Query(alias="status")] = None,
+                   channel: str | None = None) -> list[dict]:
+    authorize_dag(user, dag_id, "GET")
+    return review.run_assets(cat, _run_or_404(cat, dag_id, run_id), status=status_filter,
+                             channel=channel)
+
+
+@app.get("/api/assets/{asset_id}")
+def api_asset(asset_id: str, user: User, cat: CatalogDep) -> dict:
+    authorize_dag(user, review.asset_run(cat, asset_id).dag_id, "GET")
+    return review.show(cat, asset_id)
+
+
+def _decision_json(row) -> dict:
+    return {"review_id": row.id, "asset_id": row.asset_id, "decision": row.decision,
+            "reviewer": row.reviewer, "note": row.note, "at": row.at.isoformat()}
+
+
+@app.post("/api/assets/{asset_id}/{decision}")
+def api_decide(request: Request, asset_id: str, decision: Decision, body: DecisionBody,
+               user: User, cat: CatalogDep) -> dict:
+    authorize_dag(user, review.asset_run(cat, asset_id).dag_id, "PUT")
+    check_same_origin(request)
+    return _decision_json(review.decide(cat, asset_id, decision, user.get_name(), body.note))
+
+
+@app.post("/api/runs/{dag_id}/{run_id:path}/{decision}")
+def api_decide_many(request: Request, dag_id: str, run_id: str, decision: Decision, body: BulkBody,
+                    user: User, cat: CatalogDep) -> JSONResponse:
+    authorize_dag(user, dag_id, "PUT")
+    check_same_origin(request)
+    run = _run_or_404(cat, dag_id, run_id)
+    decided, refused = [], []
+    for asset_id in dict.fromkeys(body.asset_ids):
+        try:
+            # The path's DAG was authorized: an asset of another run must not ride along.
+            if review.asset_run(cat, asset_id).pk != run.pk:
+                raise review.AssetNotFound(f"asset {asset_id!r} is not in run {run_id!r} of {dag_id!r}")
+            decided.append(_decision_json(review.decide(cat, asset_id, decision, user.get_name(),
+                                                        body.note)))
+        except review.ReviewError as exc:
+            refused.append({"asset_id": asset_id, "reason": str(exc)})
+    code = status.HTTP_200_OK if not refused else status.HTTP_409_CONFLICT
+    return JSONResponse({"decided": decided, "refused": refused}, status_code=code)
+
+
+# -- files ------------------------------------------------------------------------------
+
+def _image_response(uri: str, width: int | None) -> Response:
+    try:
+        data = read_uri(uri, endpoint_url=Settings.from_env().s3_endpoint_url)
+    except StorageError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    media = Image.MIME.get(img.format or "", "application/octet-stream")
+    if width and img.width > width:
+        img.thumbnail((width, width * 4))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="WEBP", quality=80)
+        data, media = buf.getvalue(), "image/webp"
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@app.get("/files/asset/{asset_id}/{kind}")
+def asset_file(asset_id: str, kind: str, user: User, cat: CatalogDep,
+               w: Annotated[int | None, Query(ge=16, le=4096)] = None) -> Response:
+    authorize_dag(user, review.asset_run(cat, asset_id).dag_id, "GET")
+    return _image_response(review.file_uri(cat, asset_id, kind), w)
+
+
+@app.get("/files/run/{dag_id}/{run_id:path}/contact-sheet")
+def contact_sheet(dag_id: str, run_id: str, user: User, cat: CatalogDep) -> Response:
+    authorize_dag(user, dag_id, "GET")
+    run = _run_or_404(cat, dag_id, run_id)
+    if not run.contact_sheet_uri:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"run {run_id!r} has no contact sheet yet; the track task makes it")
+    return _image_response(run.contact_sheet_uri, None)
+

@@ -1,0 +1,246 @@
+"""The review gallery, served by a real ``airflow api-server`` with our plugins folder.
+
+Covers access (401/403), cross-site refusal, escaping of hostile catalog text and notes,
+409 on assets that moved on, the JSON API, images served only from catalog URIs, and the
+gallery page itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from darkroom.catalog import Catalog
+from darkroom.models import Asset, AssetStatus, Review
+from sqlalchemy import func, select
+
+from tests.plugins.conftest import XSS, XSS_NAME
+
+pytestmark = pytest.mark.e2e  # starts Airflow's API server
+
+
+def _reviews(filled) -> int:
+    with Catalog(filled.catalog_url).session() as s:
+        return s.scalar(select(func.count()).select_from(Review))
+
+
+def _status(filled, asset_id: str) -> str:
+    with Catalog(filled.catalog_url).session() as s:
+        return s.get(Asset, asset_id).status
+
+
+def _gallery(filled) -> str:
+    from urllib.parse import quote
+
+    return f"/darkroom/review/{quote(filled.dag_id)}/{quote(filled.run_id, safe='')}"
+
+
+WRITE = {"X-Darkroom-CSRF": "1"}
+
+
+def test_plugin_is_listed_with_its_nav_entry(server):
+    code, _, body = server.request("GET", "/api/v2/plugins")
+    assert code == 200, body
+    plugins = {p["name"]: p for p in json.loads(body)["plugins"]}
+    plugin = plugins["darkroom_review"]
+    assert plugin["fastapi_apps"][0]["url_prefix"] == "/darkroom"
+    assert plugin["external_views"][0]["href"] == "/darkroom/review/"
+
+
+@pytest.mark.parametrize("path", [
+    "/darkroom/review/",
+    "GALLERY",
+    "/darkroom/api/runs",
+    "ASSET",
+    "FILE",
+])
+def test_every_read_needs_a_user(server, filled, path):
+    path = (path.replace("GALLERY", _gallery(filled))
+            .replace("ASSET", f"/darkroom/api/assets/{filled.asset_ids[0]}")
+            .replace("FILE", f"/darkroom/files/asset/{filled.asset_ids[0]}/original"))
+    assert server.request("GET", path, user=None)[0] == 401
+    bad = {"Authorization": "Bearer not-a-token"}
+    assert server.request("GET", path, user=None, headers=bad)[0] in (401, 403)
+    assert server.request("GET", path, user="viewer")[0] == 200
+
+
+def test_unauthenticated_and_viewer_decisions_change_nothing(server, filled):
+    asset = filled.asset_ids[0]
+    before = _reviews(filled)
+    path = f"/darkroom/api/assets/{asset}/approve"
+    assert server.request("POST", path, user=None, body={"note": "x"}, headers=WRITE)[0] == 401
+    code, _, body = server.request("POST", path, user="viewer", body={"note": "x"}, headers=WRITE)
+    assert code == 403, body
+    assert b"viewer" in body
+    bulk = f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/approve"
+    assert server.request("POST", bulk, user="viewer", body={"asset_ids": [asset]}, headers=WRITE)[0] == 403
+    assert _reviews(filled) == before
+    assert _status(filled, asset) == AssetStatus.qa_passed
+
+
+@pytest.mark.parametrize("headers, raw, code", [
+    ({}, None, 403),  # no custom header: a plain cross-site form or fetch cannot add one
+    ({"X-Darkroom-CSRF": "1", "Origin": "https://evil.example"}, None, 403),
+    ({"X-Darkroom-CSRF": "1", "Sec-Fetch-Site": "cross-site"}, None, 403),
+    ({"X-Darkroom-CSRF": "1", "Origin": "null"}, None, 403),
+    ({"X-Darkroom-CSRF": "1", "Content-Type": "text/plain"}, b'{"note": "x"}', 422),
+], ids=["no-header", "foreign-origin", "sec-fetch-cross-site", "null-origin", "text-plain"])
+def test_cross_site_writes_are_refused(server, filled, headers, raw, code):
+    asset = filled.asset_ids[1]
+    before = _reviews(filled)
+    body = None if raw else {"note": "x"}
+    got, _, text = server.request("POST", f"/darkroom/api/assets/{asset}/approve", body=body, raw=raw,
+                                  headers=headers)
+    assert got == code, text
+    assert _reviews(filled) == before and _status(filled, asset) == AssetStatus.qa_passed
+
+
+def test_same_origin_write_is_accepted_and_records_the_airflow_user(server, filled):
+    asset = filled.asset_ids[1]
+    origin = {"Origin": server.url, **WRITE}
+    code, _, body = server.request("POST", f"/darkroom/api/assets/{asset}/reject",
+                                   body={"note": "logo cut off"}, headers=origin)
+    assert code == 200, body
+    data = json.loads(body)
+    assert data["reviewer"] == "admin" and data["decision"] == "rejected"
+    with Catalog(filled.catalog_url).session() as s:
+        row = s.scalars(select(Review).where(Review.asset_id == asset).order_by(Review.id.desc())).first()
+        assert (row.reviewer, row.note, row.decision) == ("admin", "logo cut off", "rejected")
+    assert _status(filled, asset) == AssetStatus.rejected
+
+
+def test_gallery_escapes_prompts_and_notes(server, filled):
+    hostile = filled.asset_ids[0]
+    note = '</textarea><script>window.__xss=3</script>'
+    code, _, body = server.request("POST", f"/darkroom/api/assets/{filled.asset_ids[2]}/approve",
+                                   body={"note": note}, headers=WRITE)
+    assert code == 200, body
+    code, headers, page = server.request("GET", _gallery(filled))
+    assert code == 200, page
+    html = page.decode()
+    assert "<script>window.__xss" not in html and 'onerror="window.__xss' not in html
+    assert "&lt;script&gt;window.__xss=2&lt;/script&gt;" in html  # the product name, escaped
+    assert "&lt;img src=x onerror=" in html                         # the colour, in the prompt
+    assert "&lt;script&gt;window.__xss=3&lt;/script&gt;" in html    # the note
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert hostile in html
+    shown = json.loads(server.request("GET", f"/darkroom/api/assets/{hostile}")[2])
+    assert XSS in shown["prompt"] and XSS_NAME.split(" mug")[0] in shown["prompt"]
+
+
+def test_decision_on_an_asset_that_moved_on_is_409(server, filled):
+    asset = filled.asset_ids[3]
+    with Catalog(filled.catalog_url).session() as s:
+        s.get(Asset, asset).status = AssetStatus.published
+    before = _reviews(filled)
+    code, _, body = server.request("POST", f"/darkroom/api/assets/{asset}/reject", body={}, headers=WRITE)
+    assert code == 409, body
+    assert "published" in json.loads(body)["detail"]
+    assert _reviews(filled) == before and _status(filled, asset) == AssetStatus.published
+    failed = filled.asset_ids[-1]
+    code, _, body = server.request("POST", f"/darkroom/api/assets/{failed}/approve", body={}, headers=WRITE)
+    assert code == 409 and "qa_failed" in json.loads(body)["detail"]
+    bulk = f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/approve"
+    code, _, body = server.request("POST", bulk, body={"asset_ids": [failed, asset]}, headers=WRITE)
+    assert code == 409 and not json.loads(body)["decided"] and len(json.loads(body)["refused"]) == 2
+    assert _reviews(filled) == before
+    missing = server.request("POST", "/darkroom/api/assets/nope/approve", body={}, headers=WRITE)
+    assert missing[0] == 404
+
+
+def test_json_api_lists_filters_and_shows(server, filled):
+    base = f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/assets"
+    code, _, body = server.request("GET", base)
+    assert code == 200, body
+    rows = json.loads(body)
+    assert {r["asset_id"] for r in rows} == set(filled.asset_ids)
+    assert all({"prompt", "seed", "model", "params", "qa", "channels"} <= r.keys() for r in rows)
+    only = json.loads(server.request("GET", base + "?channel=web_tile&status=qa_failed")[2])
+    assert all(r["status"] == "qa_failed" for r in only)
+    assert server.request("GET", f"/darkroom/api/runs/{filled.dag_id}/no-such-run/assets")[0] == 404
+
+
+def test_files_come_only_from_catalog_uris(server, filled):
+    asset = filled.asset_ids[0]
+    code, headers, data = server.request("GET", f"/darkroom/files/asset/{asset}/original")
+    assert code == 200 and data[:8] == b"\x89PNG\r\n\x1a\n" and headers["content-type"] == "image/png"
+    code, headers, data = server.request("GET", f"/darkroom/files/asset/{asset}/web_tile?w=128")
+    assert code == 200 and headers["content-type"] == "image/webp"
+    for probe in ("..%2F..%2F..%2Fetc%2Fpasswd", "file:%2F%2F%2Fetc%2Fpasswd"):
+        assert server.request("GET", f"/darkroom/files/asset/{asset}/{probe}")[0] == 404
+    sheet = server.request("GET", f"/darkroom/files/run/{filled.dag_id}/{filled.run_id}/contact-sheet")
+    assert sheet[0] == 200 and sheet[2][:4] == b"\x89PNG"
+
+
+def test_reviewer_decides_by_clicking_in_headless_chromium(server, filled, tmp_path):
+    """A reviewer with the UI's session cookie opens the gallery, approves one asset by
+    clicking (with a note), rejects another from the keyboard; then publish copies exactly
+    the approved assets. Screenshots go to tmp_path, and to docs/screenshots/ when
+    DARKROOM_UPDATE_SCREENSHOTS=1."""
+    import os
+    import shutil
+
+    from darkroom import stages
+    from darkroom.models import Publication
+
+    from tests.conftest import unavailable
+    from tests.plugins.browser import Chromium
+    from tests.plugins.conftest import ROOT, chromium_binary
+
+    binary = chromium_binary()
+    if binary is None:
+        unavailable("chromium is not installed (apt-get install chromium)")
+    with Catalog(filled.catalog_url).session() as s:
+        waiting = [a for a in filled.asset_ids if s.get(Asset, a).status == AssetStatus.qa_passed]
+    assert len(waiting) >= 2, waiting
+    approve_id, reject_id = waiting[0], waiting[-1]
+    browser = Chromium(binary)
+    try:
+        browser.call("Network.setCookie", name="_token", value=server.tokens["admin"], url=server.url,
+                     httpOnly=True, sameSite="Lax")
+        browser.goto(server.url + _gallery(filled))
+        browser.wait_for("document.querySelectorAll('article.card').length > 0")
+        assert browser.eval("document.querySelectorAll('article.card').length") == len(filled.asset_ids)
+        assert browser.eval("typeof window.__xss") == "undefined"  # the hostile prompt stayed text
+        # Thumbnails come through the files endpoint with the same cookie (lazy: first row only).
+        browser.wait_for("document.querySelector('article.card img').naturalWidth > 0")
+
+        card = f'article[data-asset="{approve_id}"]'
+        browser.type_text(f"{card} .cardnote", "colours match the brief")
+        browser.click(f"{card} button.approve")
+        browser.wait_for(f"document.querySelector('{card}').dataset.status === 'approved'")
+
+        other = f'article[data-asset="{reject_id}"]'
+        browser.click(f"{other} .product")  # focus the card, then the shortcut
+        browser.key("r")
+        browser.wait_for(f"document.querySelector('{other}').dataset.status === 'rejected'")
+
+        browser.click(f"{card} details.info summary")
+        shots = [tmp_path / "review-gallery.png", tmp_path / "review-full-size.png"]
+        browser.screenshot(shots[0])
+        browser.click(f"{card} .thumb")
+        browser.wait_for("document.getElementById('full').open && document.getElementById('full-img').complete")
+        browser.screenshot(shots[1], full_page=False)
+    finally:
+        browser.close()
+    assert all(p.stat().st_size > 10_000 for p in shots)
+    if os.environ.get("DARKROOM_UPDATE_SCREENSHOTS") == "1":
+        for p in shots:
+            shutil.copy(p, ROOT / "docs" / "screenshots" / p.name)
+
+    with Catalog(filled.catalog_url).session() as s:
+        latest = {a: s.scalars(select(Review).where(Review.asset_id == a).order_by(Review.id.desc())).first()
+                  for a in (approve_id, reject_id)}
+    assert (latest[approve_id].decision, latest[approve_id].reviewer, latest[approve_id].note) == (
+        "approved", "admin", "colours match the brief")
+    assert (latest[reject_id].decision, latest[reject_id].reviewer) == ("rejected", "admin")
+
+    # The rest of the DAG run: publish takes exactly what was approved.
+    ctx = stages.RunContext.open(filled.spec_path, filled.dag_id, filled.run_id, settings=filled.settings)
+    with ctx.catalog.session() as s:
+        approved = {a.id for a in s.scalars(select(Asset).where(Asset.status == AssetStatus.approved))}
+    assert approve_id in approved and reject_id not in approved
+    stages.publish(ctx)
+    with ctx.catalog.session() as s:
+        published = {p.derivative.asset_id for p in s.scalars(select(Publication))}
+    assert published == approved
