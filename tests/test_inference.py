@@ -6,7 +6,6 @@ import hashlib
 
 import numpy as np
 import pytest
-
 from darkroom.config import Settings
 from darkroom.errors import ModelError
 from darkroom.inference import (
@@ -38,13 +37,25 @@ def test_pipeline_is_loaded_once_per_process(backend):
     assert load_pipeline(backend.ref, backend.device, backend.dtype) is backend.pipeline
 
 
-def test_same_pixels_whatever_the_batch(backend):
+def test_same_batch_same_pixels_bit_for_bit(backend):
     reqs = _requests(4)
-    alone = [_pixels(backend.generate([r])[0].image) for r in reqs]
-    together = [_pixels(r.image) for r in backend.generate(reqs)]
-    reversed_batch = [_pixels(r.image) for r in backend.generate(reqs[::-1])][::-1]
-    assert alone == together == reversed_batch
-    assert len(set(alone)) == 4  # and the seeds do matter
+    first = [_pixels(r.image) for r in backend.generate(reqs)]
+    assert first == [_pixels(r.image) for r in backend.generate(reqs)]
+    assert len(set(first)) == 4  # and the seeds do matter
+    assert all(r.forward_pass == [q.variant_id for q in reqs] for r in backend.generate(reqs))
+
+
+def test_another_batch_moves_at_most_a_grey_level_in_a_few_pixels(backend):
+    """Per-variant latents make the batch irrelevant to the picture; what remains is float
+    summation order in batched GEMMs: at most one level, in well under 1% of pixels."""
+    reqs = _requests(4)
+    alone = [np.asarray(backend.generate([r])[0].image, dtype=int) for r in reqs]
+    together = [np.asarray(r.image, dtype=int) for r in backend.generate(reqs)]
+    reversed_batch = [np.asarray(r.image, dtype=int) for r in backend.generate(reqs[::-1])][::-1]
+    for a, t, rv in zip(alone, together, reversed_batch, strict=True):
+        for other in (t, rv):
+            assert np.abs(a - other).max() <= 1
+            assert (a != other).mean() < 0.01
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m"])

@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-
 from darkroom import stages
 from darkroom.config import Settings
 from darkroom.errors import DarkroomError
 from darkroom.models import Asset
 from darkroom.reproduce import regenerate_asset
+from sqlalchemy import select
 
 CAMPAIGNS = Path(__file__).resolve().parents[1] / "include" / "campaigns"
 

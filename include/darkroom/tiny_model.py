@@ -52,11 +52,16 @@ def build_tiny_pipeline(path: str | Path, *, seed: int = 0) -> Path:
     path = Path(path)
     tok_dir = path.parent / f".{path.name}-tokenizer"
     vocab_size = write_tokenizer(tok_dir)
+    # transformers 5 takes the vocabulary itself (``vocab=``/``merges=``); the old
+    # ``vocab_file=`` keyword is silently ignored and leaves a two-token vocabulary in which
+    # every prompt encodes the same. Passing the paths as ``vocab``/``merges`` works in both.
     tokenizer = CLIPTokenizer(
-        vocab_file=str(tok_dir / "vocab.json"),
-        merges_file=str(tok_dir / "merges.txt"),
+        vocab=str(tok_dir / "vocab.json"),
+        merges=str(tok_dir / "merges.txt"),
         model_max_length=77,  # CLIP's context; the default is "unlimited"
     )
+    if len(tokenizer) < vocab_size or tokenizer("ab").input_ids == tokenizer("cd").input_ids:
+        raise RuntimeError(f"the generated tokenizer did not load its {vocab_size}-token vocabulary")
     bos, eos = vocab_size - 2, vocab_size - 1
 
     torch.manual_seed(seed)
@@ -95,6 +100,12 @@ def build_tiny_pipeline(path: str | Path, *, seed: int = 0) -> Path:
             vocab_size=vocab_size,
         )
     )
+    # Random cross-attention barely hears an 8-wide text embedding: every prompt would draw
+    # the same picture for a seed, and QA's duplicate check would (rightly) flag them.
+    # Amplifying the embedding makes different prompts give different pictures, as a real
+    # model does.
+    with torch.no_grad():
+        text_encoder.final_layer_norm.weight.fill_(100.0)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

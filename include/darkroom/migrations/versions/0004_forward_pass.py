@@ -1,0 +1,22 @@
+"""asset.forward_pass: the variant ids of the forward pass that made each image
+
+Revision ID: 0004
+Revises: 0003
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("asset") as batch:
+        batch.add_column(sa.Column("forward_pass", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("asset") as batch:
+        batch.drop_column("forward_pass")
