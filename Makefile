@@ -8,13 +8,15 @@ STAMP := $(VENV)/.installed
 TINY := $(DARKROOM_HOME)/models/tiny-sd/model_index.json
 CAMPAIGN ?= spring_tiles
 
-.PHONY: demo test test-fast up bench lint schema clean help
+.PHONY: demo test test-fast test-integration stack-up stack-down up bench lint schema clean help
 help:
 	@echo "make demo   - set up, build the tiny model, run $(CAMPAIGN) end to end, print a summary"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make up     - Airflow UI (with the review gallery) and MLflow UI on localhost"
 	@echo "make bench  - benchmarks, results in docs/bench/"
 	@echo "make lint   - ruff"
+	@echo "make test-integration - the Celery stack from local processes (also part of make test)"
+	@echo "make stack-up / stack-down - the production-shaped stack in Docker (docker-compose.yaml)"
 
 # The venv is rebuilt when the dependency pins change. torch==2.13.0 comes from the local
 # CPU wheel that pip finds (uv and poetry do not).
@@ -39,11 +41,25 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not e2e and not postgres"
 
+# The production-shaped stack of docker-compose.yaml, from local processes on loopback
+# (needs redis-server and PostgreSQL; .ci/run installs them). `make test` runs it too.
+test-integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+# Needs Docker with the compose plugin (and the NVIDIA container toolkit for the gpu worker).
+stack-up:
+	docker compose up -d --build
+
+stack-down:
+	docker compose down
+
 up: $(STAMP) $(TINY)
 	$(BIN)/darkroom up
 
 bench: $(STAMP) $(TINY)
 	$(BIN)/darkroom bench generate --images 16 --batch-size 1 --batch-size 4 --out docs/bench/generate.json
+	$(BIN)/darkroom bench qa --out docs/bench/qa.json
+	$(BIN)/darkroom bench plan --variants 10000 --out docs/bench/planning.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check include operators dags plugins tests

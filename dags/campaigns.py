@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import DAG, Asset, Param, task
+from darkroom.backends.routing import pool_for
+from darkroom.config import gpu_routing
 from darkroom.errors import SpecError
 from darkroom.spec import LoadedSpec, load_spec, spec_files
 from darkroom_operators.approval import CampaignApprovalSensor
@@ -60,12 +62,15 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         tags=["darkroom", f"campaign:{spec.id}", *spec.tags],
         params={
             "model_version": Param(None, type=["null", "string"],
-                                   description="Model version or revision to use instead of the spec's"),
+                                   description="Model version to use instead of the spec's: a profile "
+                                   "version or alias (models:/ specs), a revision, or a checksum"),
             "limit": Param(None, type=["null", "integer"], minimum=1,
                            description="Generate at most this many variants"),
             "seed_offset": Param(0, type="integer", minimum=0,
                                  description="Added to every seed: new variants of the same prompts"),
             "dry_run": Param(False, type="boolean", description="Plan only: print the variants and stop"),
+            "variants": Param(None, type=["null", "array"], items={"type": "string"},
+                              description="Only these variant ids (set by `darkroom regenerate --where`)"),
         },
     ) as dag:
 
@@ -114,7 +119,11 @@ def build_dag(loaded: LoadedSpec) -> DAG:
 
         batches = expand_prompts()
         validate_inputs() >> batches
-        generated = GenerateImagesOperator.partial(task_id="generate", spec_path=path).expand(
+        # Only the GPU stage is routed (queue/pool from the spec or the deployment); QA,
+        # post-processing and publishing stay on the default queue.
+        # The pool may come from a routing rule (e.g. {when: {priority: high}, pool: gpu_high}).
+        routing = gpu_routing(spec.generation.queue, pool_for(spec))
+        generated = GenerateImagesOperator.partial(task_id="generate", spec_path=path, **routing).expand(
             batch=batches
         )
         processed = postprocess.expand(batch=qa.expand(batch=generated.output))

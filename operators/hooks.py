@@ -21,6 +21,50 @@ def _connection_or_none(conn_id: str):
         return None
 
 
+MLFLOW_CONN_ID = os.environ.get("DARKROOM_MLFLOW_CONN_ID", "darkroom_mlflow")
+
+
+def mlflow_uri_from_connection(conn_id: str = MLFLOW_CONN_ID) -> str | None:
+    """The MLflow tracking URI from an Airflow connection (an HTTP connection: host, port,
+    schema http/https), unless DARKROOM_MLFLOW_TRACKING_URI is set; None: Settings decides."""
+    if "DARKROOM_MLFLOW_TRACKING_URI" in os.environ:
+        return None
+    conn = _connection_or_none(conn_id)
+    if conn is None or not conn.host:
+        return None
+    if "://" in conn.host:  # the whole URI typed into the host field
+        return conn.host
+    port = f":{conn.port}" if conn.port else ""
+    return f"{conn.schema or 'http'}://{conn.host}{port}"
+
+
+MODEL_SERVER_CONN_ID = os.environ.get("DARKROOM_MODEL_SERVER_CONN_ID", "darkroom_model_server")
+STABILITY_CONN_ID = os.environ.get("DARKROOM_STABILITY_CONN_ID", "darkroom_stability")
+
+
+def backend_settings() -> dict[str, str]:
+    """Inference backend settings from Airflow connections (darkroom.backends reads them from
+    ``Settings.extra``); the DARKROOM_* environment variables win when set.
+
+    - ``darkroom_model_server``: HTTP connection to a `darkroom serve-model` host.
+    - ``darkroom_stability``: the API key as password; host (optional) overrides the base URL.
+    """
+    extra: dict[str, str] = {}
+    if "DARKROOM_MODEL_SERVER_URL" not in os.environ:
+        conn = _connection_or_none(MODEL_SERVER_CONN_ID)
+        if conn is not None and conn.host:
+            port = f":{conn.port}" if conn.port else ""
+            extra["model_server_url"] = (conn.host if "://" in conn.host
+                                         else f"{conn.schema or 'http'}://{conn.host}{port}")
+    if "DARKROOM_STABILITY_API_KEY" not in os.environ:
+        conn = _connection_or_none(STABILITY_CONN_ID)
+        if conn is not None and conn.password:
+            extra["stability_api_key"] = conn.password
+            if conn.host:
+                extra["stability_base_url"] = conn.host if "://" in conn.host else f"https://{conn.host}"
+    return extra
+
+
 class DarkroomHook(BaseHook):
     """Settings from the environment, with the catalog taken from an Airflow connection
     (``darkroom_catalog``, a Postgres connection) when one is defined, and S3 clients from
@@ -46,7 +90,8 @@ class DarkroomHook(BaseHook):
 
                 sa_url = PostgresHook(postgres_conn_id=self.catalog_conn_id).sqlalchemy_url
                 url = sa_url.render_as_string(hide_password=False)
-        return Settings.from_env(catalog_url=url)
+        return Settings.from_env(catalog_url=url, mlflow_tracking_uri=mlflow_uri_from_connection(),
+                                 extra=backend_settings() or None)
 
     @staticmethod
     def s3_client(aws_conn_id: str | None, endpoint_url: str | None = None):
@@ -62,6 +107,18 @@ class DarkroomHook(BaseHook):
 
         return boto3.client("s3", endpoint_url=endpoint_url)
 
+    @staticmethod
+    def sql_url(conn_id: str) -> str:
+        """A SQLAlchemy URL for an Airflow Postgres connection (``postgres://CONN_ID`` product
+        sources); without such a connection, darkroom reads ``AIRFLOW_CONN_<CONN_ID>`` itself."""
+        if _connection_or_none(conn_id) is None:
+            from darkroom.products import sql_url_from_env
+
+            return sql_url_from_env(conn_id)
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        return PostgresHook(postgres_conn_id=conn_id).sqlalchemy_url.render_as_string(hide_password=False)
+
     def run_context(self, spec_path: str, context: Context) -> RunContext:
         from darkroom.stages import RunContext
 
@@ -74,4 +131,5 @@ class DarkroomHook(BaseHook):
             conf=dict(context["params"]),
             settings=settings,
             s3_client_factory=self.s3_client,
+            sql_url_factory=self.sql_url,
         )

@@ -59,6 +59,20 @@ class Settings:
         return self.home / "mlflow-artifacts"
 
 
+def gpu_routing(queue: str | None = None, pool: str | None = None) -> dict[str, str]:
+    """Task arguments that send the generate stage to the GPU workers: the spec's
+    ``generation.queue``/``pool`` if set, else ``$DARKROOM_GPU_QUEUE``/``$DARKROOM_GPU_POOL``.
+
+    Empty by default: the embedded default has no ``gpu`` pool, and a task in a pool that
+    does not exist is never scheduled. The Celery stack sets both variables (docker/stack.env).
+    """
+    routing = {
+        "queue": queue or os.environ.get("DARKROOM_GPU_QUEUE") or None,
+        "pool": pool or os.environ.get("DARKROOM_GPU_POOL") or None,
+    }
+    return {k: v for k, v in routing.items() if v}
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for the embedded Airflow (CLI runs, `make up`): defaults only, so a
     deployment's own AIRFLOW__* settings win."""

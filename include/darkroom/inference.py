@@ -38,6 +38,19 @@ class ModelRef:
     version: str  # concrete version recorded on every asset
     model_hash: str  # 10 hex chars, as AUTOMATIC1111's "Model hash"
     is_local: bool
+    profile: str | None = None  # set when resolved from a models:/ registry reference
+    loras: tuple = ()  # darkroom.profiles.Lora, applied at load time
+    defaults: tuple = ()  # (name, value) pairs the profile defaults: scheduler, steps, ...
+
+    @property
+    def identity(self) -> str:
+        """What asset ids hash: the version alone for plain models (keeps their ids stable);
+        profile name and version for profiles, whose version numbers restart per profile."""
+        return f"models:/{self.profile}/{self.version}" if self.profile else self.version
+
+    @property
+    def lora_records(self) -> list[dict]:
+        return [{"name": x.name, "version": x.version, "weight": x.weight} for x in self.loras]
 
 
 def _file_digest(path: Path) -> str:
@@ -70,7 +83,13 @@ def resolve_model(model: str, revision: str | None, settings: Settings,
 
     For a local folder the version is its content checksum; a requested ``model_version``
     must match it. For a hub id the version is the revision (the Param overrides the spec).
+    For ``models:/<profile>@<alias>`` the registry at ``settings.mlflow_tracking_uri``
+    resolves the alias to a version number; the Param may name a version or an alias.
     """
+    if model.startswith("models:/"):
+        from darkroom import profiles
+
+        return profiles.model_ref(profiles.resolve(settings, model, requested_version))
     if model == "tiny":
         path = settings.tiny_model_dir
         if not (path / "model_index.json").is_file():
@@ -124,7 +143,7 @@ _pipelines_lock = threading.Lock()
 
 def load_pipeline(ref: ModelRef, device: str, dtype) -> Any:
     """``from_pretrained`` once per (model, revision, device, dtype) per process."""
-    key = (ref.location, ref.revision, device, str(dtype))
+    key = (ref.location, ref.revision, device, str(dtype), ref.loras)
     with _pipelines_lock:
         pipe = _pipelines.get(key)
         if pipe is not None:
@@ -142,10 +161,29 @@ def load_pipeline(ref: ModelRef, device: str, dtype) -> Any:
                 "Fix: give a local pipeline folder, or make the hub reachable "
                 "(HF_HUB_OFFLINE=1 uses the local cache only)"
             ) from exc
+        if ref.loras:
+            _apply_loras(pipe, ref)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         _pipelines[key] = pipe
         return pipe
+
+
+def _apply_loras(pipe: Any, ref: ModelRef) -> None:
+    """Load each LoRA of a profile as a named adapter at its weight (diffusers + peft)."""
+    names = []
+    for lora in ref.loras:
+        if not lora.path:
+            raise ModelError(f"model profile {ref.profile} version {ref.version}: LoRA {lora.name}@"
+                             f"{lora.version} has no path; fix: register it as NAME@VERSION:WEIGHT=PATH")
+        adapter = f"{lora.name}_{lora.version}".replace(".", "_")
+        try:
+            pipe.load_lora_weights(lora.path, adapter_name=adapter)
+        except (OSError, ValueError, ImportError) as exc:
+            raise ModelError(f"could not load LoRA {lora.name}@{lora.version} from {lora.path}: {exc}. "
+                             "Fix: check the path; LoRAs need the `peft` package installed") from exc
+        names.append(adapter)
+    pipe.set_adapters(names, adapter_weights=[lora.weight for lora in ref.loras])
 
 
 def set_scheduler(pipe: Any, name: str) -> str:
@@ -177,7 +215,14 @@ class Result:
     variant_id: str
     image: Any | None  # PIL.Image
     seconds: float
-    error: str | None = None
+    error: str | None = None  # "<reason>: <detail>": this variant failed, the others did not
+    # Set when a routed batch mixes backends (darkroom.backends.routed): who made this image.
+    backend: str | None = None
+    sampler: str | None = None
+    # The variant ids of the forward pass that made this image, in order. Batched GEMMs sum
+    # in a shape-dependent order, so another batch can move a pixel by one level; replaying
+    # this exact pass reproduces the image bit for bit.
+    forward_pass: list[str] | None = None
 
 
 class LocalDiffusersBackend:
@@ -230,4 +275,41 @@ class LocalDiffusersBackend:
             output_type="pil",
         )
         per_image = (time.perf_counter() - started) / len(requests)
-        return [Result(r.variant_id, img, per_image) for r, img in zip(requests, out.images, strict=True)]
+        members = [r.variant_id for r in requests]
+        return [Result(r.variant_id, img, per_image, forward_pass=members)
+                for r, img in zip(requests, out.images, strict=True)]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def generate_halving(backend, requests: list[Request], on_halve=None) -> list[Result]:
+    """Generate; on out-of-memory, split the batch in two and retry each half.
+
+    Seeds live in each variant's own latents, so a smaller batch gives the same pixels.
+    A single image that does not fit raises.
+    """
+    try:
+        return backend.generate(requests)
+    except Exception as exc:
+        if len(requests) == 1 or not is_out_of_memory(exc):
+            raise
+    _free_device_memory()
+    half = len(requests) // 2
+    if on_halve:
+        on_halve(len(requests), half)
+    return (generate_halving(backend, requests[:half], on_halve)
+            + generate_halving(backend, requests[half:], on_halve))
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -135,6 +135,10 @@ class Variant(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     params: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # QA regeneration: attempt n+1 of a failed variant is a new variant (next seed) that
+    # points at the one it replaces. No FK constraint, so SQLite can add the column in place.
+    regenerated_from: Mapped[str | None] = mapped_column(String(32), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class PlanItem(Base):
@@ -157,6 +161,9 @@ class Asset(Base):
     __table_args__ = (
         UniqueConstraint("variant_id", "version", name="uq_asset_variant_version"),
         Index("ix_asset_model", "model_name", "model_version"),
+        # Lineage queries filter by date range, usually with a status (0006_lineage).
+        Index("ix_asset_created_at", "created_at"),
+        Index("ix_asset_status_created_at", "status", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -182,6 +189,8 @@ class Asset(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     backend: Mapped[str] = mapped_column(String(32))
     timings: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Variant ids of the forward pass that made it (see inference.Result.forward_pass).
+    forward_pass: Mapped[list | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     variant: Mapped[Variant] = relationship()
@@ -192,11 +201,29 @@ class Asset(Base):
         back_populates="asset", order_by="Derivative.channel"
     )
     reviews: Mapped[list[Review]] = relationship(back_populates="asset", order_by="Review.id")
+    # The LoRAs as rows (besides the ``loras`` JSON): "every image made with LoRA X" is an
+    # indexed lookup instead of a JSON scan.
+    lora_rows: Mapped[list[AssetLora]] = relationship(cascade="all, delete-orphan",
+                                                      order_by="AssetLora.name")
+
+
+class AssetLora(Base):
+    __tablename__ = "asset_lora"
+    __table_args__ = (Index("ix_asset_lora_name_version", "name", "version"),)
+
+    asset_id: Mapped[str] = mapped_column(ForeignKey("asset.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    weight: Mapped[float] = mapped_column(Float)
 
 
 class QAResult(Base):
     __tablename__ = "qa_result"
-    __table_args__ = (UniqueConstraint("asset_id", "check", name="uq_qa_asset_check"),)
+    __table_args__ = (
+        UniqueConstraint("asset_id", "check", name="uq_qa_asset_check"),
+        # "every asset that failed the sharpness check" (0006_lineage).
+        Index("ix_qa_result_check_passed", "check", "passed"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     asset_id: Mapped[str] = mapped_column(ForeignKey("asset.id"), index=True)
@@ -204,6 +231,8 @@ class QAResult(Base):
     value: Mapped[float | None] = mapped_column(Float)
     threshold: Mapped[float | None] = mapped_column(Float)
     passed: Mapped[bool] = mapped_column(Boolean)
+    # pass | fail | borderline | not_run; a not_run check is stored with passed = False.
+    status: Mapped[str] = mapped_column(String(16), default="pass", server_default="pass")
     detail: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

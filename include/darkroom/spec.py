@@ -27,31 +27,126 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ProductSource(_Model):
-    """Where the product rows come from."""
+class Expectation(_Model):
+    """One Great Expectations expectation, as in a suite file: its type and kwargs."""
 
-    source: str = Field(description="CSV or Parquet file, relative to the spec file, or s3://")
+    type: Annotated[str, Field(pattern=r"^expect_[a-z0-9_]+$",
+                               description="e.g. expect_column_values_to_be_in_set")]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+SQL_SCHEME = "postgres://"
+
+
+class ProductSource(_Model):
+    """Where the product rows come from: a file, an object, or a PostgreSQL table or query."""
+
+    source: str = Field(
+        description="CSV or Parquet file (relative to the spec file, or s3://bucket/key), or "
+        "postgres://CONN_ID: an Airflow Postgres connection (outside Airflow: the "
+        "AIRFLOW_CONN_<CONN_ID> environment variable), read with `table` or `query`"
+    )
+    table: str | None = Field(None, description="postgres:// sources: table (or schema.table) to read")
+    query: str | None = Field(None, description="postgres:// sources: SELECT returning the product rows")
     id_column: str = Field("sku", description="Column holding the unique product id")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Column map: name used in templates -> column in the source",
     )
     required_columns: list[str] = Field(default_factory=list)
-    expectations: str | None = Field(
-        None, description="Great Expectations suite (JSON) in include/expectations/"
+    expectations: str | list[Expectation] | None = Field(
+        None, description="Great Expectations suite: a JSON file (next to the spec or in "
+        "include/expectations/), or the expectations inline"
+    )
+    reference_image_column: str | None = Field(
+        None, description="Column of reference image paths (relative to the spec), s3:// or "
+        "http(s):// URLs; validation checks each one exists"
     )
 
     @field_validator("source")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        if not v.lower().endswith((".csv", ".parquet")):
-            raise ValueError("must be a .csv or .parquet file")
+        if v.startswith(SQL_SCHEME):
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", v.removeprefix(SQL_SCHEME)):
+                raise ValueError("give an Airflow connection id, e.g. postgres://products_db")
+        elif not v.lower().endswith((".csv", ".parquet")):
+            raise ValueError("must be a .csv or .parquet file (a path or s3://bucket/key), "
+                             "or postgres://CONN_ID")
         return v
+
+    @model_validator(mode="after")
+    def _known_source(self) -> ProductSource:
+        if self.source.startswith(SQL_SCHEME):
+            if (self.table is None) == (self.query is None):
+                raise ValueError("a postgres:// source needs exactly one of `table` (e.g. "
+                                 "table: public.products) or `query` (a SELECT)")
+            if self.query is not None and not re.match(r"^\s*(select|with)\b", self.query, re.I):
+                raise ValueError("`query` must be a SELECT (or WITH ... SELECT) statement")
+        else:
+            if self.table is not None or self.query is not None:
+                raise ValueError("`table` and `query` apply only to postgres:// sources; "
+                                 "remove them for file sources")
+        return self
+
+
+#: Prompt pieces in the order they are joined when no `positive` template is given.
+PROMPT_PIECES = ("subject", "composition", "background", "lighting", "style")
+LOCALE_PATTERN = r"^[a-z]{2,3}(_[A-Z]{2})?$"
 
 
 class Prompts(_Model):
-    positive: str = Field(description="Jinja2 template for the prompt")
+    """Jinja2 templates (sandboxed, StrictUndefined). Structured prompts are built from
+    pieces joined in PROMPT_PIECES order, then the brand style; `positive` is the
+    alternative whole-prompt template (the pieces are available to it as `pieces.<name>`)."""
+
+    positive: str | None = Field(None, description="Jinja2 template for the whole prompt")
+    subject: str = Field("", description="Piece: what is shown, e.g. 'a {{ product.colour }} mug'")
+    composition: str = Field("", description="Piece: framing, angle, placement")
+    background: str = Field("", description="Piece: backdrop or setting")
+    lighting: str = Field("", description="Piece: light")
+    style: str = Field("", description="Piece: photographic or artistic style")
     negative: str = Field("", description="Jinja2 template for the negative prompt")
+    locales: list[Annotated[str, Field(pattern=LOCALE_PATTERN)]] = Field(
+        default_factory=list,
+        description="One variant per locale; column `X_<locale>` replaces `X` for that locale",
+    )
+    free_text_column: str | None = Field(
+        None, description="Product column whose free text is appended to the prompt; free "
+        "text is refused unless named here"
+    )
+    free_text_max_chars: int = Field(300, ge=1, le=2000)
+    vary: list[dict[str, list[str | int | float]]] = Field(
+        default_factory=list,
+        description="Variable values for templates (`vary.<name>`): lists in one group are "
+        "zipped, groups are crossed (InvokeAI batch semantics)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Prompts:
+        if self.positive is None and not self.subject:
+            raise ValueError("give the `subject` piece (and optionally composition, background, "
+                             "lighting, style) or a `positive` template")
+        if len(set(self.locales)) != len(self.locales):
+            raise ValueError(f"locales must be unique, got {self.locales}")
+        seen: set[str] = set()
+        for i, group in enumerate(self.vary):
+            lengths = {name: len(values) for name, values in group.items()}
+            if not group or len(set(lengths.values())) != 1 or 0 in lengths.values():
+                raise ValueError(f"vary.{i}: lists in one group are zipped, so they must be "
+                                 f"non-empty and of equal length (got {lengths}); put lists "
+                                 "of other lengths in their own group to cross them")
+            if seen & set(group):
+                raise ValueError(f"vary.{i}: {sorted(seen & set(group))} already used in "
+                                 "another group; each name once")
+            seen |= set(group)
+        return self
+
+    @property
+    def templates(self) -> dict[str, str]:
+        """Every template field by its spec field name (`prompts.X`), non-empty ones only."""
+        fields = {"positive": self.positive or "", "negative": self.negative,
+                  **{p: getattr(self, p) for p in PROMPT_PIECES}}
+        return {k: v for k, v in fields.items() if v}
 
 
 class BrandRules(_Model):
@@ -63,13 +158,65 @@ class BrandRules(_Model):
     )
 
 
+COLOUR_PATTERN = r"^#([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$"
+Position = Literal["top_left", "top", "top_right", "left", "centre", "right", "bottom_left",
+                   "bottom", "bottom_right"]
+
+
+class LogoOverlay(_Model):
+    """A logo or watermark pasted onto the derivative."""
+
+    path: str = Field("logo.png", description="PNG with alpha; relative paths are under include/brand/")
+    position: Position = "bottom_right"
+    scale: float = Field(0.18, gt=0, le=1, description="Logo width as a share of the image width")
+    opacity: float = Field(0.85, ge=0, le=1)
+    margin: float = Field(0.03, ge=0, le=0.5, description="Distance from the edge, share of width")
+
+
+class TextOverlay(_Model):
+    """Localized text drawn onto the derivative with the brand font."""
+
+    text: dict[str, str] = Field(
+        min_length=1, description="Text by locale, e.g. {en: New season, de: Neue Saison}; the "
+        "variant's locale picks one, else `default_locale`")
+    default_locale: str = "en"
+    font: str = Field("fonts/DejaVuSans.ttf", description="TTF/OTF; relative paths are under include/brand/")
+    size: float = Field(0.06, gt=0, le=0.5, description="Font size as a share of the image height")
+    position: Position = "bottom"
+    colour: Annotated[str, Field(pattern=COLOUR_PATTERN)] = "#ffffff"
+    box: Annotated[str | None, Field(pattern=COLOUR_PATTERN)] = Field(
+        "#00000099", description="Colour (with alpha) of a box behind the text; null for none")
+    margin: float = Field(0.04, ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _default_present(self) -> TextOverlay:
+        if self.default_locale not in self.text:
+            raise ValueError(f"default_locale {self.default_locale!r} has no text; give "
+                             f"text.{self.default_locale} (have {sorted(self.text)})")
+        return self
+
+
 class Channel(_Model):
+    """A channel's post-processing recipe (darkroom.postprocess.render, in this order):
+    sRGB conversion, upscale (hook), crop or pad to the aspect ratio, Lanczos resize, logo,
+    text, encode with provenance."""
+
     width: int = Field(gt=0, le=8192)
     height: int = Field(gt=0, le=8192)
     format: Literal["jpeg", "webp", "png"] = "jpeg"
     quality: int = Field(90, ge=1, le=100)
-    background: str = Field("#ffffff", description="Padding colour when the recipe pads")
+    background: Annotated[str, Field(pattern=COLOUR_PATTERN)] = Field(
+        "#ffffff", description="Padding colour when the recipe pads")
     fit: Literal["crop", "pad"] = "crop"
+    crop: Literal["centre", "entropy"] = Field(
+        "centre", description="Where a crop keeps the picture: the centre, or the window with "
+        "the most detail (keeps an off-centre product in frame)")
+    srgb: bool = Field(True, description="Convert embedded colour profiles to sRGB and tag the output")
+    upscale_to: Literal[2048, 4096] | None = Field(
+        None, description="Upscale the original's long side first, through the inference "
+        "layer's upscaler (darkroom.postprocess.UPSCALERS)")
+    logo: LogoOverlay | None = None
+    text: TextOverlay | None = None
 
     @property
     def extension(self) -> str:
@@ -82,11 +229,44 @@ class AssetType(_Model):
     channels: list[str] = Field(min_length=1)
 
 
+class StabilityOptions(_Model):
+    """Stability AI's hosted v2beta endpoints (generation.backend or a rule says 'stability')."""
+
+    endpoint: Literal["core", "sd3"] = Field("core", description="/v2beta/stable-image/generate/<endpoint>")
+    model: str | None = Field(None, description="sd3 endpoint only, e.g. sd3.5-large")
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+
+
+class RoutingRule(_Model):
+    """``when`` every condition holds, use ``backend`` and/or ``pool``. Conditions: priority,
+    campaign, asset_type, product.<column> (a list value means any of them)."""
+
+    when: dict[str, Any] = Field(min_length=1, description="e.g. {product.confidential: true}")
+    backend: Literal["local", "http", "stability", "private"] | None = Field(
+        None, description="'private': generation.backend if it is local/http, else local")
+    pool: str | None = Field(None, description="Airflow pool of the generate tasks")
+
+    @model_validator(mode="after")
+    def _checked(self) -> RoutingRule:
+        from darkroom.backends.routing import check_condition
+
+        if self.backend is None and self.pool is None:
+            raise ValueError("a routing rule needs `backend` and/or `pool`; e.g. "
+                             "{when: {product.confidential: true}, backend: private}")
+        for key in self.when:
+            for for_pool, used in ((False, self.backend), (True, self.pool)):
+                problem = used is not None and check_condition(key, for_pool=for_pool)
+                if problem:
+                    raise ValueError(f"when: {problem}")
+        return self
+
+
 class Generation(_Model):
     model: str = Field(
         "tiny",
         description="'tiny' (the offline model from `darkroom models build-tiny`), a local "
-        "path, or a Hugging Face hub id",
+        "path, a Hugging Face hub id, or a model profile in the MLflow Model Registry: "
+        "models:/<profile>@champion (or models:/<profile>/<version>)",
     )
     revision: str | None = None
     scheduler: Literal["ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "lms"] = "ddim"
@@ -103,36 +283,95 @@ class Generation(_Model):
     max_mapped_tasks: int = Field(
         200, ge=1, le=1024, description="Ceiling on mapped task instances per stage"
     )
+    cost_per_gpu_hour: float | None = Field(
+        None, ge=0, description="Price of one GPU-hour, for the dry-run plan's cost estimate"
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Routing: None defers to the deployment (DARKROOM_GPU_QUEUE / DARKROOM_GPU_POOL), so one
+    # spec runs unchanged on the embedded default (no such pool) and on the Celery stack.
+    queue: str | None = Field(
+        None, description="Executor queue of the generate tasks (e.g. 'gpu'); default: "
+        "$DARKROOM_GPU_QUEUE, else Airflow's default queue"
+    )
+    pool: str | None = Field(
+        None, description="Airflow pool of the generate tasks (slots = GPUs, e.g. 'gpu'); "
+        "default: $DARKROOM_GPU_POOL, else default_pool. The pool must exist"
+    )
+    backend: Literal["local", "http", "stability"] = Field(
+        "local", description="local (diffusers in the task), http (a `darkroom serve-model` host: "
+        "$DARKROOM_MODEL_SERVER_URL), stability (Stability AI's API: $DARKROOM_STABILITY_API_KEY)"
+    )
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal", description="Tested by routing rules, e.g. {when: {priority: high}, pool: gpu_high}"
+    )
+    routing: list[RoutingRule] = Field(
+        default_factory=list, description="Rules tried in order; the first that matches and "
+        "names a backend (or pool) decides it. See darkroom.backends.routing"
+    )
+    stability: StabilityOptions = StabilityOptions()
 
 
 class QACheck(_Model):
     enabled: bool = True
-    threshold: float | None = None
+    threshold: float | None = Field(None, description="The check's limit; null = its default")
+    max: float | None = Field(None, description="Upper bound, for range checks (file_size)")
+    review_band: float = Field(
+        0.0, ge=0, description="A value this close to the threshold (either side) sends the "
+        "asset to needs_review instead of passing or failing it")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Check-specific settings, e.g. formats, modes, "
+        "references, model_path")
+    if_not_run: Literal["needs_review", "fail"] = Field(
+        "needs_review", description="Outcome when the check cannot run here (no local weights)")
+
+
+def default_checks() -> dict[str, QACheck]:
+    """What every asset gets unless the spec says otherwise (cheap, model-free checks)."""
+    return {
+        "dimensions": QACheck(),
+        "format": QACheck(params={"formats": ["png"]}),
+        "file_size": QACheck(threshold=512, max=50_000_000),
+        "colour_mode": QACheck(params={"modes": ["RGB"]}),
+        "provenance": QACheck(),
+        "not_blank": QACheck(threshold=4.0),
+        "sharpness": QACheck(threshold=20.0),
+        "exposure": QACheck(threshold=0.25),
+        "contrast": QACheck(threshold=24.0),
+        "duplicate": QACheck(threshold=6),
+    }
 
 
 class QARubric(_Model):
-    """Checks by name with their thresholds; see darkroom.qa.CHECKS for the names."""
+    """Checks by name with their thresholds; see darkroom.qa.ALL_CHECKS for the names.
 
-    checks: dict[str, QACheck] = Field(
-        default_factory=lambda: {
-            "dimensions": QACheck(),
-            "not_blank": QACheck(threshold=4.0),
-            "sharpness": QACheck(threshold=20.0),
-        }
-    )
+    ``checks`` is merged over :func:`default_checks` (switch one off with ``enabled: false``);
+    ``asset_types.<name>`` is merged over that for one asset type.
+    """
 
-    @field_validator("checks")
+    checks: dict[str, QACheck] = Field(default_factory=dict)
+    asset_types: dict[str, dict[str, QACheck]] = Field(
+        default_factory=dict, description="Per asset type: checks overriding `checks`")
+    max_regenerations: int = Field(
+        0, ge=0, le=10, description="Regenerate a failed variant with the next seed up to this "
+        "many times; every attempt is kept and linked")
+    workers: int | None = Field(
+        None, ge=1, le=256, description="Processes for QA and post-processing; null = CPU count")
+
+    @field_validator("checks", "asset_types")
     @classmethod
-    def _known_checks(cls, v: dict[str, QACheck]) -> dict[str, QACheck]:
-        from darkroom.qa import CHECKS
+    def _known_checks(cls, v: dict) -> dict:
+        from darkroom.qa import ALL_CHECKS
 
-        unknown = sorted(set(v) - set(CHECKS))
+        groups = v.values() if v and isinstance(next(iter(v.values())), dict) else [v]
+        unknown = sorted({name for g in groups for name in g} - set(ALL_CHECKS))
         if unknown:
-            raise ValueError(
-                f"unknown check(s) {unknown}; known checks are {sorted(CHECKS)}"
-            )
+            raise ValueError(f"unknown check(s) {unknown}; known checks are {ALL_CHECKS}")
         return v
+
+    def for_asset_type(self, asset_type: str) -> dict[str, QACheck]:
+        """The enabled checks for one asset type, defaults merged with the spec's settings."""
+        merged = {**default_checks(), **self.checks, **self.asset_types.get(asset_type, {})}
+        return {name: cfg for name, cfg in merged.items() if cfg.enabled}
 
 
 class Approval(_Model):
@@ -228,7 +467,7 @@ class LoadedSpec(BaseModel):
     @property
     def product_source(self) -> str:
         src = self.spec.products.source
-        return src if src.startswith("s3://") else str(self.resolve(src))
+        return src if src.startswith(("s3://", SQL_SCHEME)) else str(self.resolve(src))
 
 
 # -- loading ------------------------------------------------------------------------
@@ -304,7 +543,7 @@ def _check_files_and_templates(loaded: LoadedSpec) -> list[str]:
     from darkroom.prompts import template_environment
 
     spec, problems = loaded.spec, []
-    if not spec.products.source.startswith("s3://"):
+    if not spec.products.source.startswith(("s3://", SQL_SCHEME)):
         src = loaded.resolve(spec.products.source)
         if not src.is_file():
             problems.append(
@@ -317,9 +556,9 @@ def _check_files_and_templates(loaded: LoadedSpec) -> list[str]:
             "file does not exist; fix: give a path relative to the spec file"
         )
     env = template_environment()
-    for name in ("positive", "negative"):
+    for name, text in spec.prompts.templates.items():
         try:
-            env.from_string(getattr(spec.prompts, name))
+            env.from_string(text)
         except TemplateSyntaxError as exc:
             problems.append(
                 f"field `prompts.{name}`: template syntax error on line {exc.lineno}: {exc.message}"
