@@ -207,3 +207,16 @@ def test_sensor_waits_for_reviewers(tmp_path, tiny_model):
         assert len(published) == 3 * 2  # 3 approved assets x feed + story
         assert not any(waiting[0] in p.uri for p in published)
         assert s.scalar(select(QAResult).limit(1)) is not None
+
+
+def test_publish_emits_an_airflow_asset_event(tiles_run):
+    """Downstream DAGs (a CMS sync, an ad upload) schedule on this event."""
+    import sqlite3
+
+    home, _ = tiles_run
+    db = sqlite3.connect(home / "airflow" / "airflow.db")
+    rows = db.execute(
+        "select a.name, a.uri, e.source_dag_id, e.source_task_id from asset_event e "
+        "join asset a on a.id = e.asset_id").fetchall()
+    assert ("darkroom_spring_tiles_published", "darkroom://campaigns/spring_tiles/published",
+            "campaign__spring_tiles", "publish") in rows

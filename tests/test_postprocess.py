@@ -133,10 +133,20 @@ def test_srgb_conversion_of_an_embedded_profile():
     assert postprocess.to_srgb(img.convert("P")).mode == "RGB"
 
 
+def test_lanczos_upscaler_by_default_and_recorded():
+    ch = Channel(width=2048, height=1365, format="jpeg", upscale_to=2048)
+    postprocess.check_recipes({"web": ch})
+    d, img = render(ch)
+    assert img.size == (2048, 1365)
+    assert imaging.read_provenance(d.data).darkroom["upscaled"] == {"by": "lanczos", "to": 2048}
+    d, _ = render(Channel(width=300, height=200, format="jpeg"))
+    assert "upscaled" not in imaging.read_provenance(d.data).darkroom
+
+
 def test_upscale_hook_is_used_or_refused_by_name():
     ch = Channel(width=300, height=200, format="jpeg", upscale_to=2048)
-    with pytest.raises(postprocess.RecipeError, match="channels.web.upscale_to = 2048: no upscaler"):
-        postprocess.check_recipes({"web": ch})
+    with pytest.raises(postprocess.RecipeError, match="channels.web.upscale_to = 2048: no upscaler 'esrgan'"):
+        postprocess.check_recipes({"web": ch}, upscaler="esrgan")
     seen = []
 
     def upscaler(img, long_side):
@@ -148,7 +158,7 @@ def test_upscale_hook_is_used_or_refused_by_name():
         postprocess.check_recipes({"web": ch})
         d, img = render(ch)
     finally:
-        del postprocess.UPSCALERS["default"]
+        postprocess.UPSCALERS["default"] = postprocess.lanczos_upscale
     assert seen == [((96, 64), 2048)] and img.size == (300, 200)
 
 

@@ -37,6 +37,17 @@ BRAND_DIR = imaging.BRAND_DIR
 UPSCALERS: dict[str, Callable[[Image.Image, int], Image.Image]] = {}
 
 
+def lanczos_upscale(img: Image.Image, long_side: int) -> Image.Image:
+    """The upscaler when no model upscaler is configured: Lanczos to ``long_side``."""
+    scale = long_side / max(img.size)
+    return img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+
+
+lanczos_upscale.upscaler_name = "lanczos"  # what provenance records as the upscaler
+UPSCALERS["lanczos"] = lanczos_upscale
+UPSCALERS["default"] = lanczos_upscale  # a model upscaler, when configured, replaces this
+
+
 class RecipeError(ValueError):
     """A recipe that cannot be applied (missing logo file, no upscaler, ...)."""
 
@@ -207,6 +218,7 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
     """Apply one channel's recipe to a decoded original; return the encoded derivative."""
     # 1. Colour: everything downstream assumes sRGB.
     out = to_srgb(img) if channel.srgb else (img if img.mode in ("RGB", "RGBA") else img.convert("RGB"))
+    upscaled_by = None
     # 2. Upscale through the inference layer, when asked.
     if channel.upscale_to:
         fn = UPSCALERS.get(upscaler)
@@ -217,6 +229,7 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
                 "inference layer's upscaler or remove upscale_to")
         if max(out.size) < channel.upscale_to:
             out = fn(out, channel.upscale_to)
+            upscaled_by = getattr(fn, "upscaler_name", upscaler)
     # 3. Geometry.
     out = fit(out, channel.width, channel.height, mode=channel.fit, crop=channel.crop,
               background=channel.background)
@@ -230,7 +243,8 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
         out = out.convert("RGB")
     prov = imaging.Provenance(provenance.parameters, {
         **provenance.darkroom, "channel": channel_name, "recipe": recipe_hash(channel),
-        **({"locale": locale} if locale else {})})
+        **({"locale": locale} if locale else {}),
+        **({"upscaled": {"by": upscaled_by, "to": channel.upscale_to}} if upscaled_by else {})})
     data = imaging.encode(out, channel.format, prov, channel.quality,
                           icc_profile=SRGB_ICC if channel.srgb else None)
     return Derivative(channel_name, data, out.width, out.height, channel.format, channel.extension)
