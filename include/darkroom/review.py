@@ -1,11 +1,16 @@
 """Human decisions on assets. Each decision is an audit-logged row in ``review``.
 
-The rule for the current state: an asset's decision is its newest review row (highest id);
-the asset's status mirrors it. Deciding locks the asset row (``SELECT ... FOR UPDATE`` on
-PostgreSQL, the database write lock on SQLite), so two reviewers deciding the same asset at
-once are serialized: both rows are kept, the later one wins, and the status always equals
-the newest row's decision. A decision on an asset that has moved on (published, failed QA,
-failed, or superseded by a newer version) is refused with :class:`AssetMovedOn`.
+The rule for the current state, with the campaign's ``approval.quorum`` of 1 (the default):
+an asset's decision is its newest review row (highest id); the asset's status mirrors it.
+With a quorum of N > 1, each reviewer's latest row counts: any rejection rejects the asset,
+N distinct approvals approve it, and until then it keeps waiting. Policy decisions (the
+timeout policy, ``approval.required: false``) are final and count as a quorum on their own.
+
+Deciding locks the asset row (``SELECT ... FOR UPDATE`` on PostgreSQL, the database write
+lock on SQLite), so two reviewers deciding the same asset at once are serialized: both rows
+are kept and the status follows the rule above. A decision on an asset that has moved on
+(published, failed QA, failed, or superseded by a newer version) is refused with
+:class:`AssetMovedOn`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ class AssetMovedOn(ReviewError):
     """The asset is past the point where a decision means anything (HTTP 409)."""
 
 
-def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: str = "") -> Review:
+def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: str = "", *,
+           quorum: int | None = None) -> Review:
     """Record one decision; return its review row.
 
     :raises BadDecision: ``decision`` is not approve/reject, no reviewer, or the note is too long.
@@ -69,9 +75,38 @@ def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: 
                                "and are not yet published take a decision")
         row = Review(asset_id=asset.id, decision=status.value, reviewer=reviewer, note=note)
         s.add(row)
-        asset.status = status
+        s.flush()
+        asset.status = _status_after(s, asset, _quorum(s, asset) if quorum is None else quorum)
         s.flush()
         return row
+
+
+def _quorum(s, asset: Asset) -> int:
+    """The campaign's approval.quorum, from the spec the run was made with."""
+    from darkroom.models import Campaign
+
+    campaign = s.scalar(select(Campaign).join(Run, Run.campaign_id == Campaign.id)
+                        .where(Run.id == asset.run_pk))
+    return int(((campaign.spec_body if campaign else {}) or {}).get("approval", {}).get("quorum", 1))
+
+
+def _status_after(s, asset: Asset, quorum: int) -> AssetStatus:
+    rows = list(s.scalars(select(Review).where(Review.asset_id == asset.id).order_by(Review.id)))
+    if quorum <= 1:
+        return DECISIONS[rows[-1].decision]
+    latest = {r.reviewer: r.decision for r in rows}  # each reviewer's newest decision
+    if AssetStatus.rejected in latest.values():
+        return AssetStatus.rejected
+    if sum(d == AssetStatus.approved for d in latest.values()) >= quorum:
+        return AssetStatus.approved
+    # Still waiting for more approvals: keep (or go back to) the outcome QA gave it.
+    if asset.status in REVIEWABLE:
+        return AssetStatus(asset.status)
+    from darkroom.models import QAResult
+
+    borderline = s.scalar(select(QAResult.id).where(
+        QAResult.asset_id == asset.id, QAResult.status.in_(["borderline", "not_run"])).limit(1))
+    return AssetStatus.needs_review if borderline else AssetStatus.qa_passed
 
 
 def waiting(catalog: Catalog, campaign: str | None = None, run_id: str | None = None) -> list[Asset]:

@@ -379,6 +379,10 @@ class Approval(_Model):
     timeout: str = Field("7d", description="How long to wait for decisions, e.g. 30m, 12h, 7d")
     on_timeout: Literal["fail", "reject_undecided"] = "fail"
     poke_interval: str = "30s"
+    quorum: int = Field(
+        1, ge=1, le=10,
+        description="Distinct reviewers whose approval an asset needs. With 1 the newest decision "
+        "wins; above 1 each reviewer's latest decision counts and any rejection rejects")
 
     @field_validator("timeout", "poke_interval")
     @classmethod

@@ -748,7 +748,7 @@ def settle_undecided(ctx: RunContext, decision: str, reviewer: str, note: str) -
         waiting = list(s.scalars(select(Asset.id).where(
             Asset.run_pk == ctx.run_pk, Asset.status.in_(list(REVIEWABLE))).order_by(Asset.id)))
     for asset_id in waiting:
-        review.decide(ctx.catalog, asset_id, decision, reviewer, note)
+        review.decide(ctx.catalog, asset_id, decision, reviewer, note, quorum=1)  # policy: final
     return len(waiting)
 
 

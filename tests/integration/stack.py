@@ -42,6 +42,8 @@ CONTAINER_ROOT = "/opt/darkroom"
 CONTAINER_STATE = "/opt/darkroom/state"
 #: host:port inside a URL (after '//' or '@'), e.g. postgres:5432 or airflow-apiserver:8080.
 ADDRESS = re.compile(r"(?<=[/@])([a-z][a-z0-9-]*):(\d+)")
+#: Every local worker names the compose service it stands for (see worker_hostname).
+HOSTNAME_CALLABLE = {"AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.integration.stack.worker_hostname"}
 
 
 def read_env(path: Path = STACK_ENV) -> dict[str, str]:
@@ -208,6 +210,16 @@ class LocalStack:
             time.sleep(interval)
         raise TimeoutError(f"{what}: not within {timeout:.0f}s\n{self.logs()}")
 
+    def add_default_worker(self, concurrency: int = 2) -> Process:
+        """One more Celery worker on the default queue (``docker compose up --scale
+        airflow-worker=N``): airflow-worker, airflow-worker-2, ... The scale benchmark adds
+        the second one between its runs, on the same stack."""
+        n = sum(1 for name in self.processes if re.fullmatch(r"airflow-worker(-\d+)?", name))
+        name = "airflow-worker" if n == 0 else f"airflow-worker-{n + 1}"
+        return self.start(name, [str(BIN / "airflow"), "celery", "worker", "--queues", "default",
+                                 "--concurrency", str(concurrency), "--celery-hostname", f"{name}@%h",
+                                 "--skip-serve-logs"], DARKROOM_WORKER_NAME=name, **HOSTNAME_CALLABLE)
+
     # -- Airflow's REST API, the way the UI talks to it -------------------------------
     def token(self) -> str:
         """A bearer token for the simple auth manager's admin (generated password)."""
@@ -219,10 +231,12 @@ class LocalStack:
 
 @contextlib.contextmanager
 def local_stack(workdir: Path, *, default_workers: int = 1, default_concurrency: int = 2,
-                startup_timeout: float = 300) -> Iterator[LocalStack]:
+                startup_timeout: float = 300, extra_env: dict[str, str] | None = None) -> Iterator[LocalStack]:
     """Start PostgreSQL, Redis, moto (for MinIO), MLflow, and Airflow's api-server,
     scheduler, dag-processor, triggerer, ``default_workers`` Celery workers on the default
-    queue and one on ``gpu``: the shape of docker-compose.yaml. Raises
+    queue and one on ``gpu``: the shape of docker-compose.yaml. ``extra_env`` is applied
+    over the stack settings for every process (e.g. ``DARKROOM_CAMPAIGNS_DIR``, which is
+    otherwise dropped with the rest of the caller's ``DARKROOM_*``). Raises
     :class:`ServerUnavailable` when redis-server or PostgreSQL is not installed."""
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
@@ -260,6 +274,7 @@ def local_stack(workdir: Path, *, default_workers: int = 1, default_concurrency:
             "AIRFLOW__API__PORT": str(ports["airflow-apiserver"]),
             "AIRFLOW__API__BASE_URL": f"http://{HOST}:{ports['airflow-apiserver']}",
         })
+        env.update(extra_env or {})
         local = LocalStack(workdir, env, f"http://{HOST}:{ports['airflow-apiserver']}")
         stack.callback(lambda: [stop(p.popen) for p in reversed(local.processes.values())])
 
@@ -296,16 +311,12 @@ def local_stack(workdir: Path, *, default_workers: int = 1, default_concurrency:
         local.start("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"])
         local.start("airflow-dag-processor", [airflow, "dag-processor"])
         local.start("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"])
-        hostname_callable = {"AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.integration.stack.worker_hostname"}
-        for i in range(default_workers):
-            name = "airflow-worker" if i == 0 else f"airflow-worker-{i + 1}"
-            local.start(name, [airflow, "celery", "worker", "--queues", "default", "--concurrency",
-                               str(default_concurrency), "--celery-hostname", f"{name}@%h",
-                               "--skip-serve-logs"], DARKROOM_WORKER_NAME=name, **hostname_callable)
+        for _ in range(default_workers):
+            local.add_default_worker(default_concurrency)
         local.start("airflow-worker-gpu", [airflow, "celery", "worker", "--queues", env["DARKROOM_GPU_QUEUE"],
                                            "--concurrency", "1", "--celery-hostname", "airflow-worker-gpu@%h",
                                            "--skip-serve-logs"],
-                    DARKROOM_WORKER_NAME="airflow-worker-gpu", **hostname_callable)
+                    DARKROOM_WORKER_NAME="airflow-worker-gpu", **HOSTNAME_CALLABLE)
 
         local.wait_for("the Airflow API server", lambda: _get(f"{local.api_url}/api/v2/version")[0] == 200,
                        startup_timeout)
