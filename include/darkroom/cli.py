@@ -501,6 +501,7 @@ def up(
         help="Bind address; 0.0.0.0 exposes the UIs to the network")] = "127.0.0.1",
 ) -> None:
     """Airflow UI (with the review gallery) and MLflow UI on this machine, until Ctrl-C."""
+    import contextlib
     import os
     import subprocess
     import time
@@ -518,13 +519,18 @@ def up(
     procs = [
         subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", host, "--port", str(mlflow_port),
                           "--backend-store-uri", settings.mlflow_tracking_uri,
-                          "--artifacts-destination", settings.mlflow_artifacts_dir.as_uri()]),
-        subprocess.Popen([str(bin_dir / "airflow"), "standalone"]),
+                          "--artifacts-destination", settings.mlflow_artifacts_dir.as_uri()],
+                         start_new_session=True),
+        # Its own process group: standalone's scheduler, triggerer and api-server stop with it.
+        subprocess.Popen([str(bin_dir / "airflow"), "standalone"], start_new_session=True),
     ]
     password_file = Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
     console.print(f"Airflow UI: http://{host}:{airflow_port}  (user admin, password in {password_file})")
     console.print(f"MLflow UI:  http://{host}:{mlflow_port}")
     console.print("Ctrl-C stops both.")
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill`, a service manager: same as Ctrl-C
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(1)
@@ -532,9 +538,13 @@ def up(
         pass
     finally:
         for p in procs:
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
 
 
 @app.command("bench")
