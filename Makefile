@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 TINY := $(DARKROOM_HOME)/models/tiny-sd/model_index.json
 CAMPAIGN ?= spring_tiles
 
-.PHONY: demo test test-fast test-integration stack-up stack-down up bench lint schema clean help
+.PHONY: demo test test-fast test-integration stack-up stack-down up bench bench-scale lint schema clean help
 help:
 	@echo "make demo   - set up, build the tiny model, run $(CAMPAIGN) end to end, print a summary"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make up     - Airflow UI (with the review gallery) and MLflow UI on localhost"
 	@echo "make bench  - benchmarks, results in docs/bench/"
+	@echo "make bench-scale - 240 images through the local Celery stack, 1 and 2 default workers"
 	@echo "make lint   - ruff"
 	@echo "make test-integration - the Celery stack from local processes (also part of make test)"
 	@echo "make stack-up / stack-down - the production-shaped stack in Docker (docker-compose.yaml)"
@@ -60,6 +61,11 @@ bench: $(STAMP) $(TINY)
 	$(BIN)/darkroom bench generate --images 16 --batch-size 1 --batch-size 4 --out docs/bench/generate.json
 	$(BIN)/darkroom bench qa --out docs/bench/qa.json
 	$(BIN)/darkroom bench plan --variants 10000 --out docs/bench/planning.json
+
+# The local Celery stack (as test-integration) with 1, then 2 default workers: ~13 min, so not
+# part of `bench` or `test`. nice: it shares the machine with whatever else runs.
+bench-scale: $(STAMP)
+	nice -n 10 $(BIN)/python -m tests.integration.bench_scale --images 240 --out docs/bench/scale.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check include operators dags plugins tests

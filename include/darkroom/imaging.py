@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +228,25 @@ def pool_size(items: int, pixels_per_item: int, workers: int) -> int:
     return workers
 
 
+@contextlib.contextmanager
+def _main_not_rerun():
+    """Spawned children re-run the parent's ``__main__`` before working. In an Airflow worker
+    that is the ``airflow`` CLI, which cannot start inside a task process (its database is
+    blocked there): the children die. Our jobs are importable functions, so the children need
+    no ``__main__``: hide it from multiprocessing while the pool starts its workers."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__.pop(k) for k in ("__file__",) if main is not None and k in main.__dict__}
+    spec = getattr(main, "__spec__", None)
+    if main is not None:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            main.__spec__ = spec
+
+
 def process_map(fn, jobs, *, workers: int, inflight: int | None = None):
     """Run ``fn(*args, **kwargs)`` for each ``(tag, args, kwargs)`` of ``jobs`` over
     ``workers`` processes; yield ``(tag, result_or_exception)`` in the order of ``jobs``.
@@ -252,17 +273,24 @@ def process_map(fn, jobs, *, workers: int, inflight: int | None = None):
     inflight = inflight or 2 * workers
     pending: deque = deque()
     it = iter(jobs)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _main_not_rerun(), ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         while True:
             while len(pending) < inflight:
                 job = next(it, None)
                 if job is None:
                     break
                 tag, args, kwargs = job
-                pending.append((tag, pool.submit(fn, *args, **kwargs)))
+                try:
+                    pending.append((tag, pool.submit(fn, *args, **kwargs)))
+                except Exception as exc:  # the pool broke (a worker died): this job's result
+                    pending.append((tag, exc))
             if not pending:
                 return
             tag, fut = pending.popleft()
+            if isinstance(fut, BaseException):
+                yield tag, fut
+                continue
             try:
                 yield tag, fut.result()
             except Exception as exc:  # includes a worker killed by the OS (BrokenProcessPool)
