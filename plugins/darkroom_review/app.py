@@ -74,8 +74,12 @@ def _catalog_for(url: str) -> Catalog:
 
 
 def catalog() -> Catalog:
-    # Read per request so the URL follows the API server's environment (and tests' changes).
-    return _catalog_for(Settings.from_env().catalog_url)
+    # The same catalog the tasks use: DARKROOM_CATALOG_URL, else the `darkroom_catalog`
+    # connection (the production stack), else $DARKROOM_HOME's SQLite. Read per request so
+    # it follows the API server's environment (and tests' changes).
+    from darkroom_operators.hooks import DarkroomHook
+
+    return _catalog_for(DarkroomHook().settings().catalog_url)
 
 
 CatalogDep = Annotated[Catalog, Depends(catalog)]

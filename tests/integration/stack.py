@@ -146,9 +146,9 @@ def _get(url: str, token: str | None = None, timeout: float = 5) -> tuple[int, b
 
 
 def api(method: str, url: str, token: str | None = None, body: dict | None = None,
-        timeout: float = 60) -> dict:
+        timeout: float = 60, headers: dict | None = None) -> dict:
     """One JSON request to the Airflow REST API; raises with the answer on an HTTP error."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None

@@ -8,7 +8,6 @@ moto's S3 server and an MLflow server start from scratch.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -16,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import unavailable
-from tests.integration.stack import BIN, HOST, LocalStack, api, catalog_url, local_stack
+from tests.integration.stack import HOST, LocalStack, api, local_stack
 from tests.servers import ServerUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -42,7 +41,8 @@ def stack(tmp_path_factory) -> LocalStack:
 
 @pytest.fixture(scope="module")
 def finished_run(stack: LocalStack) -> dict:
-    """Trigger the campaign like the UI does, approve through the CLI, wait for the end."""
+    """Trigger the campaign like the UI does, approve through the review API (the gallery's
+    own JSON endpoints, served by the API server), wait for the end."""
     token = stack.token()
     dags = f"{stack.api_url}/api/v2/dags"
 
@@ -68,11 +68,14 @@ def finished_run(stack: LocalStack) -> dict:
         return states.get("await_approval") == "deferred"
 
     stack.wait_for("the run to wait for reviewers", deferred_for_review, 600, interval=3)
-    approved = subprocess.run(
-        [str(BIN / "darkroom"), "review", "approve", "--all", "--campaign", CAMPAIGN, "--reviewer", "ci"],
-        env={**stack.env, "DARKROOM_CATALOG_URL": catalog_url(stack.env)},
-        capture_output=True, text=True, timeout=120)
-    assert approved.returncode == 0, approved.stdout + approved.stderr
+    review_api = f"{stack.api_url}/darkroom/api/runs/{DAG_ID}/{quote(run['dag_run_id'], safe='')}"
+    waiting = [a["asset_id"] for a in api("GET", f"{review_api}/assets", token)
+               if a["status"] in ("qa_passed", "needs_review")]
+    decided = api("POST", f"{review_api}/approve", token, {"asset_ids": waiting, "note": "ci"},
+                  headers={"X-Darkroom-CSRF": "1"})
+    assert not decided["refused"], decided
+    approved = {"stdout": "".join(f"approved {d['asset_id']} as {d['reviewer']}\n"
+                                  for d in decided["decided"])}
 
     def finished():
         state = api("GET", run_url, token)["state"]
@@ -80,7 +83,7 @@ def finished_run(stack: LocalStack) -> dict:
 
     state = stack.wait_for("the run to finish", finished, 420, interval=3)
     return {"state": state, "task_instances": task_instances(), "seconds": time.monotonic() - started,
-            "approved": approved.stdout, "token": token, "run_url": run_url}
+            "approved": approved["stdout"], "token": token, "run_url": run_url}
 
 
 def test_run_reaches_publish(finished_run, stack):
