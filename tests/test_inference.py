@@ -127,3 +127,28 @@ def test_other_errors_are_not_retried(backend):
 
     with pytest.raises(RuntimeError, match="backend down"):
         generate_halving(Broken(), _requests(4))
+
+
+def test_model_digest_is_kept_on_disk_and_follows_changes(tiny_model, tmp_path):
+    """A new process (every Airflow task) reads the digest instead of hashing the weights."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from darkroom.inference import local_model_digest
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    first = local_model_digest(model)
+    cache = Settings.from_env().home / "cache" / "model-digests.json"
+    assert json.loads(cache.read_text())[str(model.resolve())]["digest"] == first
+    # Another process: served from the cache, same answer.
+    out = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                          "from darkroom.inference import local_model_digest as d; "
+                          f"print(d(Path({str(model)!r})))"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == first
+    # Changed weights change the signature, so the digest is computed again.
+    weights = next(model.glob("unet/*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    assert local_model_digest(model) != first

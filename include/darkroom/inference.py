@@ -61,20 +61,55 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=32)
-def _dir_digest(path: str, _mtime_key: float) -> str:
-    root = Path(path)
+def _model_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts)
+
+
+def _dir_digest(root: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
+    for f in files:
         h.update(str(f.relative_to(root)).encode())
         h.update(_file_digest(f).encode())
     return h.hexdigest()
 
 
+@lru_cache(maxsize=32)
+def _cached_digest(path: str, signature: str) -> str:
+    """Every Airflow task is a new process, and hashing a multi-GB checkpoint takes seconds
+    to minutes: keep digests on disk, keyed by the files' names, sizes and mtimes."""
+    import json
+    import os
+
+    from darkroom.config import Settings
+
+    cache = Settings.from_env().home / "cache" / "model-digests.json"
+    try:
+        known = json.loads(cache.read_text("utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(path)
+    if entry and entry.get("signature") == signature:
+        return entry["digest"]
+    root = Path(path)
+    digest = _dir_digest(root, _model_files(root))
+    known[path] = {"signature": signature, "digest": digest}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1), "utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home only costs the next process the hashing again
+    return digest
+
+
 def local_model_digest(path: Path) -> str:
     """Checksum of a saved pipeline folder (every file's name and content)."""
-    mtime = max((p.stat().st_mtime for p in path.rglob("*") if p.is_file()), default=0.0)
-    return _dir_digest(str(path.resolve()), mtime)
+    root = path.resolve()
+    stats = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+             for f in _model_files(root)]
+    signature = hashlib.sha256(repr(stats).encode()).hexdigest()
+    return _cached_digest(str(root), signature)
 
 
 def resolve_model(model: str, revision: str | None, settings: Settings,
