@@ -44,17 +44,6 @@ def _ctx(spec: Path, settings: Settings, conf=None, run_id="manual__1", s3=None)
                                   s3_client=s3, s3_client_factory=factory)
 
 
-def _run_all(ctx: stages.RunContext) -> list[int]:
-    stages.validate_inputs(ctx)
-    batches = stages.expand_prompts(ctx)
-    for b in batches:
-        stages.generate(ctx, b)
-        stages.run_qa(ctx, b)
-        stages.postprocess(ctx, b)
-    stages.track(ctx)
-    return batches
-
-
 @pytest.mark.usefixtures("use_tiny_model")
 def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3_client, bucket):
     spec = _spec(tmp_path, lambda d: d.update(publish=[
@@ -63,7 +52,7 @@ def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3
     ]))
     settings = Settings.from_env(catalog_url=catalog_url, storage_url=f"s3://{bucket}/work")
     ctx = _ctx(spec, settings, {"limit": 3}, s3=s3_client)
-    batches = _run_all(ctx)
+    batches = stages.run_to_review(ctx)
     assert batches == [0, 1]  # 3 variants, 2 per task
 
     with ctx.catalog.session() as s:

@@ -711,6 +711,19 @@ def track(ctx: RunContext) -> dict:
     return {"mlflow_run_id": mlflow_run_id, "contact_sheet": sheet_uri}
 
 
+def run_to_review(ctx: RunContext) -> list[int]:
+    """Every stage before await_approval, in the DAG's order, in this process (scripts,
+    notebooks, tests); return the batch numbers. The DAG maps the batch stages instead."""
+    validate_inputs(ctx)
+    batches = expand_prompts(ctx)
+    for b in batches:
+        generate(ctx, b)
+        run_qa(ctx, b)
+        postprocess(ctx, b)
+    track(ctx)
+    return batches
+
+
 # 7. await_approval --------------------------------------------------------------------
 
 @dataclass(frozen=True)
