@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.servers import HOST, ServerUnavailable, free_port
+from tests.servers import HOST, ServerUnavailable, free_port, stop_server
 
 
 def _healthy(url: str) -> bool:
@@ -62,24 +61,11 @@ def mlflow_server(startup_timeout: float = 240) -> Iterator[str]:
                     return
                 time.sleep(0.5)
             output = log.read_text(errors="replace")[-4000:]
-            _stop(proc)
+            stop_server(proc)
             if "address already in use" not in output.lower():
                 raise RuntimeError(f"mlflow server did not answer at {url}:\n{output}")
         raise RuntimeError("mlflow server could not bind a port (3 tried)")
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_server(proc)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn worker (the process group this module started)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -18,6 +18,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -216,7 +217,7 @@ def moto_server(startup_timeout: float = 30) -> Iterator[str]:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
                     stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, **MOTO_ENV})
+                    env={**os.environ, **MOTO_ENV}, start_new_session=True)
             deadline = time.monotonic() + startup_timeout
             while proc.poll() is None and time.monotonic() < deadline:
                 if _answers(endpoint + "/"):
@@ -226,21 +227,26 @@ def moto_server(startup_timeout: float = 30) -> Iterator[str]:
                 yield endpoint
                 return
             output = log.read_text(errors="replace")[-4000:]
-            _stop(proc)
+            stop_server(proc)
             if "Address already in use" not in output:
                 raise RuntimeError(f"moto server did not answer at {endpoint}:\n{output}")
         raise RuntimeError("moto server could not bind a port (3 tried)")
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_server(proc)
         shutil.rmtree(logdir, ignore_errors=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def stop_server(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a server started with ``start_new_session=True``, with every child it spawned
+    (its process group): SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

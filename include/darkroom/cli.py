@@ -547,6 +547,11 @@ def up(
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+def _write_result(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 @app.command("bench")
 def bench(
     stage: Annotated[str, typer.Argument(help="generate | qa")] = "generate",
@@ -573,8 +578,7 @@ def bench(
 
         urls = {u.split(":", 1)[0].split("+")[0]: u for u in catalog_url or []} or {"sqlite": None}
         result = bench_planning(variants=variants, catalog_urls=urls)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        _write_result(out, result)
         for r in result["runs"]:
             console.print(f"{r['catalog']}: {r['variants']} variants planned in {r['total_s']} s "
                           f"({r['variants_per_s']}/s), {r['mapped_tasks']} mapped tasks, "
@@ -583,8 +587,7 @@ def bench(
         return
     if stage == "qa":
         result = bench_qa(images=images)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        _write_result(out, result)
         cpu, par = result["cpu_ms_per_image"], result["parallel"]
         console.print(f"QA + JPEG derivative: {cpu['total_median']} CPU ms per 1024x1024 image "
                       f"(checks {cpu['qa_checks_median']}, derivative {cpu['jpeg_derivative_median']}); "
@@ -593,8 +596,7 @@ def bench(
         return
     result = bench_generate(Settings.from_env(), images=images, batch_sizes=batch_size or [1, 4],
                             size=size, steps=steps)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    _write_result(out, result)
     for r in result["runs"]:
         console.print(f"batch {r['batch_size']:>3}: bare loop {r['bare_images_per_s']:.2f} images/s, "
                       f"operator path {r['operator_images_per_s']:.2f} images/s "

@@ -245,16 +245,7 @@ def run_campaign(stack: LocalStack, campaign_id: str, *, timeout: float) -> dict
     for the end; then the metadata DB's figures."""
     dag_id = f"campaign__{campaign_id}"
     token = stack.token()
-    dags = f"{stack.api_url}/api/v2/dags"
-
-    def parsed():
-        try:
-            return api("GET", f"{dags}/{dag_id}", token)
-        except RuntimeError:
-            return None
-
-    stack.wait_for(f"{dag_id} parsed by the dag-processor", parsed, 300, interval=2)
-    api("PATCH", f"{dags}/{dag_id}", token, {"is_paused": False})
+    dags = stack.unpause_when_parsed(dag_id, token, 300)
     cpu0 = stack_cpu_seconds(stack)
     with LoadSampler() as load:
         started = time.monotonic()

@@ -228,6 +228,20 @@ class LocalStack:
         return api("POST", f"{self.api_url}/auth/token", body={"username": "admin", "password": password})[
             "access_token"]
 
+    def unpause_when_parsed(self, dag_id: str, token: str, timeout: float) -> str:
+        """Wait for the dag-processor to parse ``dag_id``, unpause it; return the DAGs URL."""
+        dags = f"{self.api_url}/api/v2/dags"
+
+        def parsed():
+            try:
+                return api("GET", f"{dags}/{dag_id}", token)
+            except RuntimeError:
+                return None
+
+        self.wait_for(f"{dag_id} parsed by the dag-processor", parsed, timeout, interval=2)
+        api("PATCH", f"{dags}/{dag_id}", token, {"is_paused": False})
+        return dags
+
 
 @contextlib.contextmanager
 def local_stack(workdir: Path, *, default_workers: int = 1, default_concurrency: int = 2,

@@ -44,16 +44,7 @@ def finished_run(stack: LocalStack) -> dict:
     """Trigger the campaign like the UI does, approve through the review API (the gallery's
     own JSON endpoints, served by the API server), wait for the end."""
     token = stack.token()
-    dags = f"{stack.api_url}/api/v2/dags"
-
-    def dag_parsed():
-        try:
-            return api("GET", f"{dags}/{DAG_ID}", token)
-        except RuntimeError:
-            return None
-
-    stack.wait_for(f"{DAG_ID} parsed by the dag-processor", dag_parsed, 180, interval=2)
-    api("PATCH", f"{dags}/{DAG_ID}", token, {"is_paused": False})
+    dags = stack.unpause_when_parsed(DAG_ID, token, 180)
     run = api("POST", f"{dags}/{DAG_ID}/dagRuns", token, {"logical_date": None, "conf": {"limit": LIMIT}})
     run_url = f"{dags}/{DAG_ID}/dagRuns/{quote(run['dag_run_id'], safe='')}"
     started = time.monotonic()
