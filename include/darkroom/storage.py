@@ -6,9 +6,9 @@ lands on the same object, and every write reports the sha256 the catalog records
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,10 +16,15 @@ from urllib.parse import unquote, urlparse
 
 from darkroom.errors import StorageError
 
-# mkstemp makes files 0600; published files must be readable like any other file the
-# process writes, so apply the process umask ourselves.
+# Temp files are chmod-ed explicitly (a reused one may carry other bits): published files
+# must be readable like any other file the process writes, so apply the process umask.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def _temp_name(name: str) -> str:
+    """The temp file a put of ``name`` writes before renaming it into place."""
+    return ".tmp-" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -46,7 +51,8 @@ class Storage(Protocol):
 
 
 class FileStorage:
-    """A folder. Writes go to a temp file and are renamed, so readers never see half a file."""
+    """A folder. Writes go to a temp file and are renamed, so readers never see half a file;
+    the temp file of a writer killed mid-write is reused, and so removed, by the key's next put."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -64,17 +70,38 @@ class FileStorage:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Stored:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return Stored(path.as_uri(), sha256_bytes(data), len(data))
+        while True:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # One temp name per key, locked while written: a retried put of the key reuses
+            # (and so removes) what a killed writer left, and concurrent puts of the same key
+            # take turns instead of writing into one file.
+            tmp = path.with_name(_temp_name(path.name))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                         0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # The writer before us may have renamed this file into place (or removed it)
+                # while we waited: then it is no longer the temp file, and we start again.
+                try:
+                    current = os.stat(tmp, follow_symlinks=False)
+                except FileNotFoundError:
+                    current = None
+                mine = os.fstat(fd)
+                if current is None or (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+                    continue
+                try:
+                    os.ftruncate(fd, 0)
+                    os.fchmod(fd, 0o666 & ~_UMASK)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.replace(tmp, path)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+            finally:
+                os.close(fd)  # releases the lock
+            return Stored(path.as_uri(), sha256_bytes(data), len(data))
 
     def read(self, uri: str) -> bytes:
         try:
