@@ -379,19 +379,25 @@ def assets_regenerate(
 @models_app.command("build-tiny")
 def models_build_tiny(
     path: Annotated[Path | None, typer.Argument(
-        help="Folder to write (default: $DARKROOM_HOME/models/tiny-sd)")] = None,
+        help="Folder to write (default: $DARKROOM_HOME/models/tiny-sd, or tiny-ARCH)")] = None,
+    arch: Annotated[str, typer.Option(help="Model family: sd | sdxl | sd3 | flux")] = "sd",
     force: Annotated[bool, typer.Option(help="Rebuild even if it exists")] = False,
 ) -> None:
-    """Build the offline tiny random-weight Stable Diffusion pipeline."""
-    from darkroom.tiny_model import build_tiny_pipeline
+    """Build an offline tiny random-weight pipeline (Stable Diffusion by default)."""
+    from darkroom.tiny_model import ARCHS, build_tiny_pipeline
 
-    path = path or Settings.from_env().tiny_model_dir
+    if arch not in ARCHS:
+        raise typer.BadParameter(f"--arch {arch!r} is unknown; use one of {', '.join(ARCHS)}")
+    settings = Settings.from_env()
+    # `generation.model: tiny` means the sd one ($DARKROOM_TINY_MODEL); the other families
+    # are pointed at by folder, so they live beside it under their own names.
+    path = path or (settings.tiny_model_dir if arch == "sd" else settings.home / "models" / f"tiny-{arch}")
     if (path / "model_index.json").is_file() and not force:
         console.print(f"Tiny model already at {path}")
         return
-    with console.status(f"Building the tiny pipeline at {path}"):
-        build_tiny_pipeline(path)
-    console.print(f"Built the tiny pipeline at {path} (random weights: it draws noise)")
+    with console.status(f"Building the tiny {arch} pipeline at {path}"):
+        build_tiny_pipeline(path, arch=arch)
+    console.print(f"Built the tiny {arch} pipeline at {path} (random weights: it draws noise)")
 
 
 def _lora_list(values: list[str] | None):
@@ -557,9 +563,15 @@ def bench(
     stage: Annotated[str, typer.Argument(help="generate | qa")] = "generate",
     images: Annotated[int, typer.Option(help="Images to generate")] = 16,
     batch_size: Annotated[list[int] | None, typer.Option(help="Batch sizes to compare")] = None,
-    size: Annotated[int, typer.Option(help="Width and height")] = 64,
+    size: Annotated[int | None, typer.Option(
+        help="Width and height (default: 64 for tiny, the model's native 512 / 1024 for sd15 / sdxl)")] \
+        = None,
     steps: Annotated[int, typer.Option()] = 4,
-    out: Annotated[Path | None, typer.Option(help="Results file (JSON); default docs/bench/STAGE.json")] \
+    arch: Annotated[str, typer.Option(
+        help="generate: tiny (offline test model) | sd15 | sdxl (the real architectures with "
+             "random weights, built once into $DARKROOM_HOME/models/random-ARCH)")] = "tiny",
+    out: Annotated[Path | None, typer.Option(
+        help="Results file (JSON); default docs/bench/STAGE.json (generate-ARCH.json for sd15/sdxl)")] \
         = None,
     variants: Annotated[int, typer.Option(help="plan: variants to plan")] = 10_000,
     catalog_url: Annotated[list[str] | None, typer.Option(
@@ -572,7 +584,9 @@ def bench(
 
     if stage not in ("generate", "qa", "plan"):
         raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan")
-    out = out or Path(f"docs/bench/{'planning' if stage == 'plan' else stage}.json")
+    # Full-size results go to their own file: they must not overwrite the tiny baseline.
+    name = {"plan": "planning", "generate": "generate" if arch == "tiny" else f"generate-{arch}"}
+    out = out or Path(f"docs/bench/{name.get(stage, stage)}.json")
     if stage == "plan":
         from darkroom.bench_planning import bench_planning
 
@@ -594,8 +608,22 @@ def bench(
                       f"{par['images_per_s']} images/s on {par['workers']} workers")
         console.print(f"Wrote {out}")
         return
-    result = bench_generate(Settings.from_env(), images=images, batch_sizes=batch_size or [1, 4],
-                            size=size, steps=steps)
+    from darkroom.full_size import ARCHS as FULL_SIZE
+    from darkroom.full_size import NATIVE_SIZE, ensure_random_pipeline
+
+    if arch not in ("tiny", *FULL_SIZE):
+        raise typer.BadParameter(f"--arch {arch!r} is unknown; use tiny, {', '.join(FULL_SIZE)}")
+    settings = Settings.from_env()
+    model = "tiny"
+    if arch != "tiny":
+        target = settings.home / "models" / f"random-{arch}"
+        if not (target / "model_index.json").is_file():
+            console.print(f"Building the full-size {arch} architecture with random weights at {target} "
+                          "(once; several GB)")
+        model = str(ensure_random_pipeline(arch, settings.home / "models"))
+    result = bench_generate(settings, images=images, batch_sizes=batch_size or [1, 4],
+                            size=size or NATIVE_SIZE.get(arch, 64), steps=steps, model=model)
+    result["arch"] = arch
     _write_result(out, result)
     for r in result["runs"]:
         console.print(f"batch {r['batch_size']:>3}: bare loop {r['bare_images_per_s']:.2f} images/s, "
