@@ -107,7 +107,7 @@ def test_concurrent_requests_are_batched_and_still_identical(server, ref, local)
     def one(r: Request) -> None:
         backend = HttpBackend(server, ref)
         barrier.wait()
-        out[r.variant_id] = backend.generate([r])[0]
+        out[r.variant_id] = backend.generate([r], pass_size=4)[0]
 
     threads = [threading.Thread(target=one, args=(r,)) for r in reqs]
     for t in threads:
@@ -116,7 +116,13 @@ def test_concurrent_requests_are_batched_and_still_identical(server, ref, local)
         t.join(timeout=120)
     new_batches = _stats(server)["batch_sizes"][before:]
     assert sum(new_batches) == 4 and max(new_batches) > 1, new_batches
-    assert [_pixels(out[r.variant_id].image) for r in reqs] == [_pixels(x.image) for x in local.generate(reqs)]
+    # Each pass padded to the spec's batch size: the same pixels however the server grouped
+    # the four tasks' requests, and the same as the local backend's.
+    assert [_pixels(out[r.variant_id].image) for r in reqs] == [
+        _pixels(x.image) for x in local.generate(reqs, pass_size=4)]
+    assert all(len(out[r.variant_id].forward_pass) == 4 for r in reqs)
+    assert [_pixels(local.generate([r], pass_size=4)[0].image) for r in reqs[:1]] == [
+        _pixels(out[reqs[0].variant_id].image)]
 
 
 def test_the_model_is_loaded_once(server, ref, tiny_model):

@@ -320,7 +320,7 @@ class CraftedBackend:
             return ImageEnhance.Brightness(self.image_for(src_id, src_seed, size)).enhance(1.05)
         return good_image(int(variant_id[:8], 16) + seed, size)
 
-    def generate(self, requests):
+    def generate(self, requests, pass_size=None):
         return [Result(r.variant_id, self.image_for(r.variant_id, r.seed, (r.width, r.height)), 0.01)
                 for r in requests]
 

@@ -46,7 +46,9 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, gui
         "Model": model,
         **(extra or {}),
     }
-    tail = ", ".join(f"{k}: {v}" for k, v in fields.items())
+    # AUTOMATIC1111 quotes a value holding its separators (e.g. "Lora hashes").
+    tail = ", ".join(f"{k}: {json.dumps(str(v)) if any(c in str(v) for c in ',:') else v}"
+                     for k, v in fields.items())
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")

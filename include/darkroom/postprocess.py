@@ -3,8 +3,12 @@
 :func:`render` applies a channel's recipe (``darkroom.spec.Channel``) in a fixed order:
 
 1. sRGB: an embedded ICC profile is converted to sRGB (output is tagged sRGB);
-2. upscale (optional): through an upscaler registered in :data:`UPSCALERS` by the inference
-   layer; a recipe asking for one that is not registered fails with a clear error;
+2. upscale (optional): to the channel's ``upscale_to`` long side. With ``generation.upscaler``
+   set, a diffusers model (darkroom.upscaler) has already upscaled the original in the
+   postprocess task's own process (:func:`model_upscaled`) and the workers only receive its
+   output; otherwise through an upscaler registered in :data:`UPSCALERS` (Lanczos by
+   default). A recipe asking for one that is not registered fails with a clear error. Either
+   way the derivative's provenance records ``upscaled: {by, to}``;
 3. crop (centre, or the most detailed window: ``crop: entropy``) or pad to the channel's
    aspect ratio, then a Lanczos resize to the exact size;
 4. logo / watermark overlay (position, scale, opacity);
@@ -37,10 +41,15 @@ BRAND_DIR = imaging.BRAND_DIR
 UPSCALERS: dict[str, Callable[[Image.Image, int], Image.Image]] = {}
 
 
+def long_side_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """``size`` scaled so its long side is ``long_side``: the size every upscaler gives."""
+    scale = long_side / max(size)
+    return round(size[0] * scale), round(size[1] * scale)
+
+
 def lanczos_upscale(img: Image.Image, long_side: int) -> Image.Image:
     """The upscaler when no model upscaler is configured: Lanczos to ``long_side``."""
-    scale = long_side / max(img.size)
-    return img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+    return img.resize(long_side_size(img.size, long_side), Image.Resampling.LANCZOS)
 
 
 lanczos_upscale.upscaler_name = "lanczos"  # what provenance records as the upscaler
@@ -50,6 +59,18 @@ UPSCALERS["default"] = lanczos_upscale  # a model upscaler, when configured, rep
 
 class RecipeError(ValueError):
     """A recipe that cannot be applied (missing logo file, no upscaler, ...)."""
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    """An original upscaled by the model upscaler in the postprocess task's process, sent to
+    the render worker with the original (:func:`render_all`'s ``upscaled``). Its provenance
+    is the original's, which travels alongside, so the PNG here carries none."""
+
+    by: str  # the upscaler's provenance name: "diffusers:<model>@<version>"
+    to: int  # its long side: the largest upscale_to of the asset's channels
+    data: bytes | None = None  # PNG, sRGB
+    error: str | None = None  # the model failed on this image: the asset fails with this
 
 
 @dataclass(frozen=True)
@@ -214,8 +235,13 @@ def overlay_text(img: Image.Image, text_cfg, locale: str | None = None) -> Image
 # the recipe --------------------------------------------------------------------------
 
 def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Provenance, *,
-           locale: str | None = None, upscaler: str = "default") -> Derivative:
-    """Apply one channel's recipe to a decoded original; return the encoded derivative."""
+           locale: str | None = None, upscaler: str = "default",
+           upscaled: Image.Image | None = None, model_upscaler: str | None = None) -> Derivative:
+    """Apply one channel's recipe to a decoded original; return the encoded derivative.
+
+    ``upscaled`` (made by the model upscaler named ``model_upscaler``) is the original already
+    upscaled by a model to the largest ``upscale_to`` of this asset's channels; a channel
+    asking for less gets a Lanczos downscale of it: one model run per asset, not per channel."""
     # 1. Colour: everything downstream assumes sRGB.
     out = to_srgb(img) if channel.srgb else (img if img.mode in ("RGB", "RGBA") else img.convert("RGB"))
     upscaled_by = None
@@ -228,8 +254,15 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
                 f"{upscaler!r} is registered in darkroom.postprocess.UPSCALERS; register the "
                 "inference layer's upscaler or remove upscale_to")
         if max(out.size) < channel.upscale_to:
-            out = fn(out, channel.upscale_to)
-            upscaled_by = getattr(fn, "upscaler_name", upscaler)
+            if upscaled is not None and model_upscaler and max(upscaled.size) >= channel.upscale_to:
+                # The model's output is sRGB already (step 1 would leave it as is).
+                size = long_side_size(out.size, channel.upscale_to)  # the original's aspect
+                big = upscaled if upscaled.mode == out.mode else upscaled.convert(out.mode)
+                out = big if big.size == size else big.resize(size, Image.Resampling.LANCZOS)
+                upscaled_by = model_upscaler
+            else:
+                out = fn(out, channel.upscale_to)
+                upscaled_by = getattr(fn, "upscaler_name", upscaler)
     # 3. Geometry.
     out = fit(out, channel.width, channel.height, mode=channel.fit, crop=channel.crop,
               background=channel.background)
@@ -250,20 +283,110 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
     return Derivative(channel_name, data, out.width, out.height, channel.format, channel.extension)
 
 
-def render_all(original: bytes, channels: dict, *, locale: str | None = None) -> list[Derivative]:
+def render_all(original: bytes, channels: dict, *, locale: str | None = None,
+               upscaled: Upscaled | None = None) -> list[Derivative]:
     """Decode an original once and render each channel ({name: Channel}). Picklable in and out,
-    so a process pool can run it; the provenance comes from the original's own chunks."""
+    so a process pool can run it; the provenance comes from the original's own chunks.
+    ``upscaled``: the model upscaler's output for this original (:func:`model_upscaled`)."""
     img = imaging.decode(original)  # BadImage first: a broken file says so, not "no provenance"
     prov = imaging.read_provenance(original)
     if prov is None:
         raise RecipeError("the original carries no provenance; refusing to make derivatives "
                           "that could not be traced")
-    return [render(img, name, ch, prov, locale=locale) for name, ch in channels.items()]
+    big = None
+    if upscaled is not None:
+        if upscaled.error is not None:
+            raise RecipeError(f"the model upscaler {upscaled.by} failed on this original "
+                              f"(to {upscaled.to} px): {upscaled.error}")
+        big = imaging.decode(upscaled.data)
+    by = upscaled.by if upscaled is not None else None
+    return [render(img, name, ch, prov, locale=locale, upscaled=big, model_upscaler=by)
+            for name, ch in channels.items()]
 
 
-def check_recipes(channels: dict, upscaler: str = "default") -> None:
-    """Raise :class:`RecipeError` naming the field when a recipe cannot run here."""
+def prompts_from_infotext(parameters: str) -> tuple[str, str]:
+    """``(prompt, negative prompt)`` from the AUTOMATIC1111 ``parameters`` text
+    (darkroom.imaging.infotext): the prompt lines, an optional ``Negative prompt:`` line,
+    then one line of settings."""
+    lines = parameters.split("\n")[:-1]
+    for i, line in enumerate(lines):
+        if line.startswith("Negative prompt: "):
+            return "\n".join(lines[:i]), "\n".join([line[len("Negative prompt: "):], *lines[i + 1:]])
+    return "\n".join(lines), ""
+
+
+def upscale_original(original: bytes, long_side: int, model) -> Upscaled:
+    """Upscale an original with a loaded model upscaler (darkroom.upscaler.ModelUpscaler) to
+    ``long_side``, prompted with the asset's own prompt. A failure on this one image (out of
+    memory, say) comes back as ``Upscaled.error``: that asset fails, the batch goes on."""
+    from darkroom.upscaler import free_device_memory
+
+    prov = imaging.read_provenance(original)
+    prompt, negative = prompts_from_infotext(prov.parameters) if prov else ("", "")
+    try:
+        # The model sees sRGB, the space it was trained in; the workers' own sRGB step then
+        # leaves these pixels as they are.
+        big = model.upscale(to_srgb(imaging.decode(original)), long_side, prompt=prompt,
+                            negative_prompt=negative)
+    except Exception as exc:  # reported as this asset's failure; the batch goes on
+        free_device_memory()
+        return Upscaled(model.name, long_side, error=f"{type(exc).__name__}: {exc}")
+    buf = io.BytesIO()
+    big.save(buf, format="PNG", compress_level=1)  # a hand-over, not an archive: fast beats small
+    return Upscaled(model.name, long_side, data=buf.getvalue())
+
+
+def model_upscaled(jobs, model: str | None):
+    """Jobs for :func:`render_all` (``(tag, (original, channels), kwargs)``, as
+    darkroom.imaging.process_map takes them), each given the model upscaler's output when
+    ``model`` (``generation.upscaler``) is set and some channel's ``upscale_to`` is larger
+    than the original.
+
+    This runs in the caller's process, lazily as process_map pulls the next job: one model
+    (one copy in memory, on the GPU when there is one) serves the whole batch, while the
+    render workers crop, overlay and encode the previous assets. Each original is upscaled
+    once, to the largest target of its channels. The model is loaded on the first original
+    that needs it; a model that cannot be loaded stops the task (ModelError), since every
+    asset would fail the same way. With ``model`` unset the jobs pass through unchanged and
+    the workers upscale with Lanczos, as before."""
+    if not model:
+        return jobs
+    return _model_upscaled(jobs, model)
+
+
+def _model_upscaled(jobs, model: str):
+    from darkroom import upscaler
+
+    loaded = None
+    for tag, args, kwargs in jobs:
+        original, channels = args[0], args[1]
+        target = max((ch.upscale_to for ch in channels.values() if ch.upscale_to), default=0)
+        if target:
+            try:  # the header is enough to know the size; the pixels are decoded once, below
+                with Image.open(io.BytesIO(original)) as head:
+                    size = head.size
+            except Exception:  # a broken file: render_all reports it as this asset's failure
+                size = None
+            if size is not None and max(size) < target:
+                loaded = loaded or upscaler.load(model)
+                kwargs = {**kwargs, "upscaled": upscale_original(original, target, loaded)}
+        yield tag, args, kwargs
+
+
+def check_recipes(channels: dict, upscaler: str = "default", *,
+                  model_upscaler: str | None = None) -> None:
+    """Raise :class:`RecipeError` naming the field when a recipe cannot run here.
+    ``model_upscaler`` is ``generation.upscaler``: checked (without loading weights) when a
+    channel sets ``upscale_to``."""
     problems = []
+    if model_upscaler is not None and any(ch.upscale_to for ch in channels.values()):
+        from darkroom import upscaler as ups
+        from darkroom.errors import ModelError
+
+        try:
+            ups.resolve(model_upscaler)
+        except ModelError as exc:
+            problems.append(str(exc))
     for name, ch in channels.items():
         if ch.logo is not None:
             p = _brand_path(ch.logo.path)

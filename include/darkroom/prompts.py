@@ -101,13 +101,19 @@ class PlannedVariant:
 def pixel_params(loaded: LoadedSpec) -> dict:
     """The generation parameters that decide the pixels (besides model, prompt and seed)."""
     g = loaded.spec.generation
-    return {
+    params = {
         "width": g.width,
         "height": g.height,
         "steps": g.steps,
         "guidance": g.guidance,
         "scheduler": g.scheduler,
     }
+    # Only when used, so text-to-image specs keep the variant ids they already have.
+    if g.mode != "text2image":
+        params.update(mode=g.mode, strength=g.strength)
+    if g.ip_adapter:
+        params["ip_adapter"] = g.ip_adapter.model_dump()  # as the spec spells it
+    return params
 
 
 def vary_combinations(groups: list[dict[str, list]]) -> list[dict]:
@@ -181,9 +187,14 @@ def _attribute(terms: RestrictedTerms, term: str, prompt: str, row: dict, origin
 
 
 def render_variants(
-    loaded: LoadedSpec, products: list[dict], *, seed_offset: int = 0
+    loaded: LoadedSpec, products: list[dict], *, seed_offset: int = 0,
+    inputs: dict[str, dict] | None = None,
 ) -> list[PlannedVariant]:
     """Products x asset types x locales x vary combinations x seeds, rendered, stable order.
+
+    ``inputs``: product id -> its input images ({"reference": {"uri", "sha256"}, "mask": ...})
+    for image2image, inpainting and IP-Adapter; their checksums join the variant's identity,
+    so a changed reference image makes a new variant.
 
     Raises PolicyError when a template names a variable that does not exist.
     """
@@ -240,7 +251,7 @@ def render_variants(
                         violations = [Violation(t, _attribute(terms, t, prompt, seen, origin, cols,
                                                               sources, spec.brand.style))
                                       for t in found]
-                    extra: dict = {}
+                    extra: dict = dict((inputs or {}).get(product_id, {}))
                     if locale:
                         extra["locale"] = locale
                     if combo:

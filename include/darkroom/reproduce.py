@@ -1,18 +1,19 @@
 """``darkroom assets regenerate ASSET_ID``: make an asset again from what was recorded.
 
-Reads the parameters from the catalog, loads the same model version (refusing another),
-replays the recorded forward pass (the same variants, in the same order, each with its own
-seed), encodes with the recorded provenance, writes a new file next to the original, and
-compares checksums. Identical bytes prove the record is complete.
+Reads the parameters from the catalog, loads the same model version and LoRAs (refusing
+others), runs the variant with its seed in a forward pass of the recorded size, encodes with
+the recorded provenance, writes a new file next to the original, and compares checksums.
+Identical bytes prove the record is complete.
 
-Why the whole pass: batched GEMMs sum in a shape-dependent order, so the same variant in
-another batch can differ by one grey level in a handful of pixels (tests/test_inference.py
-measures it). Seeds and latents are per variant; only that rounding is shared.
+Why the pass size: batched GEMMs sum in an order that depends on the batch shape (not on the
+other rows), so the same variant in a pass of another size can differ by one grey level in a
+handful of pixels (tests/test_inference.py measures both).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -20,7 +21,7 @@ from darkroom import imaging
 from darkroom.catalog import Catalog
 from darkroom.config import Settings
 from darkroom.errors import DarkroomError
-from darkroom.models import Asset, Run, Variant
+from darkroom.models import Asset, Campaign, Run, Variant
 from darkroom.storage import open_storage, read_uri
 
 
@@ -38,7 +39,7 @@ class Reproduction:
 
 
 def regenerate_asset(asset_id: str, settings: Settings, *, device: str = "auto") -> Reproduction:
-    from darkroom.inference import LocalDiffusersBackend, Request, resolve_model
+    from darkroom.inference import LocalDiffusersBackend, Request, input_fields, resolve_model
 
     catalog = Catalog(settings.catalog_url)
     with catalog.session() as s:
@@ -46,29 +47,63 @@ def regenerate_asset(asset_id: str, settings: Settings, *, device: str = "auto")
         if asset is None or asset.uri is None:
             raise DarkroomError(f"no generated asset {asset_id!r}; `darkroom assets search` lists them")
         run = s.scalar(select(Run).where(Run.id == asset.run_pk))
-        # The whole forward pass that made it, in order (one variant when not recorded).
-        members = asset.forward_pass or [asset.variant_id]
-        variants = {v.id: v for v in s.scalars(select(Variant).where(Variant.id.in_(members)))}
-        missing = [m for m in members if m not in variants]
-        if missing or asset.variant_id not in members:
-            raise DarkroomError(
-                f"asset {asset_id}: its recorded forward pass names unknown variants {missing}")
-    # 1. The same model version, or nothing: another version cannot reproduce the pixels.
+        variant = s.get(Variant, asset.variant_id)
+        campaign = s.get(Campaign, run.campaign_id)
+        spec_dir = Path(campaign.spec_path).parent if campaign and campaign.spec_path else Path.cwd()
+        # The pass size decides the GEMM shapes (one variant when not recorded).
+        pass_size = len(asset.forward_pass or [asset.variant_id])
+    # 1. The same model version and LoRAs, or nothing: others cannot reproduce the pixels.
     ref = resolve_model(run.model_ref, None, settings, requested_version=asset.model_version)
-    # 2. The recorded parameters, the same forward pass, each variant with its own seed.
+    ref = _with_recorded_loras(ref, asset.loras or [], spec_dir)
+    # 2. The recorded parameters, this variant's seed, a forward pass of the recorded size.
     original = read_uri(asset.uri)
     provenance = imaging.read_provenance(original)
     if provenance is None:
         raise DarkroomError(f"{asset.uri} carries no provenance chunks; it cannot be checked")
-    backend = LocalDiffusersBackend(ref, device)
-    seeds = {m: variants[m].seed for m in members} | {asset.variant_id: asset.seed}
-    requests = [Request(v.id, v.prompt, v.negative_prompt, seeds[v.id], asset.width, asset.height,
-                        asset.steps, asset.guidance, asset.scheduler)
-                for v in (variants[m] for m in members)]
-    result = backend.generate(requests)[members.index(asset.variant_id)]
+    params = variant.params or {}
+    backend = LocalDiffusersBackend(ref, device, options=_pipeline_options(params, spec_dir))
+    request = Request(variant.id, variant.prompt, variant.negative_prompt, asset.seed, asset.width,
+                      asset.height, asset.steps, asset.guidance, asset.scheduler,
+                      **input_fields(params, asset.width, asset.height))
+    [result] = backend.generate([request], pass_size=pass_size)
     # 3. Same encoder, same provenance: equal pixels give equal bytes.
     data = imaging.encode(result.image, asset.format or "png", provenance)
     storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
     key = f"{run.campaign_id}/{run.key}/regenerated/{asset.id}.{asset.format or 'png'}"
     stored = storage.put(key, data, "image/png")
     return Reproduction(asset.id, asset.uri, asset.sha256, stored.uri, stored.sha256)
+
+
+def _with_recorded_loras(ref, records: list[dict], spec_dir: Path):
+    """The spec's LoRAs as recorded on the asset (after the profile's own), checked against
+    the files as they are now."""
+    from dataclasses import replace
+
+    from darkroom.profiles import Lora
+
+    added = records[len(ref.loras):]
+    if not added:
+        return ref
+    loras = tuple(Lora(r["name"], r["version"], r["weight"], r.get("path")) for r in added)
+    for lora in loras:
+        if lora.version != "hub" and lora.path and Path(lora.path).exists():
+            from darkroom.inference import _file_digest, local_model_digest
+
+            path = Path(lora.path)
+            now = (_file_digest(path) if path.is_file() else local_model_digest(path))[:12]
+            if now != lora.version:
+                raise DarkroomError(f"LoRA {lora.name} at {lora.path} is now version {now}, the asset "
+                                    f"was made with {lora.version}; it cannot be reproduced from it")
+    return replace(ref, loras=ref.loras + loras, spec_loras=len(loras))
+
+
+def _pipeline_options(params: dict, spec_dir: Path):
+    from darkroom.inference import PipelineOptions, _resolve_location
+
+    ip = params.get("ip_adapter")
+    if not ip:
+        return PipelineOptions()
+    resolve = lambda p: p if Path(p).is_absolute() else (spec_dir / p).resolve()  # noqa: E731
+    return PipelineOptions(ip_adapter=(
+        _resolve_location(ip["path"], resolve), ip.get("subfolder", "models"), ip["weight_name"],
+        ip.get("image_encoder") and _resolve_location(ip["image_encoder"], resolve)))

@@ -58,6 +58,9 @@ class ProductSource(_Model):
         None, description="Great Expectations suite: a JSON file (next to the spec or in "
         "include/expectations/), or the expectations inline"
     )
+    mask_image_column: str | None = Field(
+        None, description="generation.mode inpaint: column of mask image paths (white = repaint)"
+    )
     reference_image_column: str | None = Field(
         None, description="Column of reference image paths (relative to the spec), s3:// or "
         "http(s):// URLs; validation checks each one exists"
@@ -213,8 +216,8 @@ class Channel(_Model):
         "the most detail (keeps an off-centre product in frame)")
     srgb: bool = Field(True, description="Convert embedded colour profiles to sRGB and tag the output")
     upscale_to: Literal[2048, 4096] | None = Field(
-        None, description="Upscale the original's long side first, through the inference "
-        "layer's upscaler (darkroom.postprocess.UPSCALERS)")
+        None, description="Upscale the original's long side first: with generation.upscaler "
+        "(a diffusers x4 upscaler, once per original) when set, else Lanczos; provenance records which")
     logo: LogoOverlay | None = None
     text: TextOverlay | None = None
 
@@ -261,7 +264,47 @@ class RoutingRule(_Model):
         return self
 
 
+class LoraAdapter(_Model):
+    """A LoRA applied on top of the model: loaded once per pipeline, switched with set_adapters."""
+
+    path: str = Field(description="LoRA weights: a .safetensors file, a folder, or a hub id; "
+                      "relative paths are under the spec's folder")
+    weight: float = Field(1.0, ge=-4, le=4, description="Adapter scale")
+    name: Annotated[str | None, Field(pattern=ID_PATTERN)] = Field(
+        None, description="Adapter name (default: the file or folder name)")
+    weight_name: str | None = Field(None, description="File inside a folder or hub repo")
+
+
+class IPAdapter(_Model):
+    """IP-Adapter: the product's reference image steers subject and character consistency."""
+
+    path: str = Field(description="Folder or hub id holding the IP-Adapter weights "
+                      "(e.g. h94/IP-Adapter); relative paths are under the spec's folder")
+    subfolder: str = "models"
+    weight_name: str = "ip-adapter_sd15.safetensors"
+    image_encoder: str | None = Field(
+        None, description="CLIP vision encoder folder; default: <path>/<subfolder>/image_encoder")
+    scale: float = Field(0.6, ge=0, le=2, description="How strongly the reference image steers")
+
+
+class Optimizations(_Model):
+    """Speed and memory switches of the local diffusers backend."""
+
+    compile: bool = Field(False, description="torch.compile the denoiser (slow first batch, "
+                          "faster after; worth it for long runs on one GPU)")
+    channels_last: bool = Field(False, description="channels_last memory format for UNet and VAE")
+    vae_tiling: Literal["auto", "on", "off"] = Field(
+        "auto", description="Decode in tiles; auto = on above 1024x1024 (large images fit in memory)")
+    vae_slicing: bool = Field(False, description="Decode a batch one image at a time (less memory)")
+
+
 class Generation(_Model):
+    mode: Literal["text2image", "image2image", "inpaint"] = Field(
+        "text2image", description="image2image and inpaint start from the product's reference "
+        "image (products.reference_image_column); inpaint repaints where the mask "
+        "(products.mask_image_column) is white")
+    strength: float = Field(0.75, gt=0, le=1, description="image2image/inpaint: how far from the "
+                            "reference image the result may go (1 = ignore it)")
     model: str = Field(
         "tiny",
         description="'tiny' (the offline model from `darkroom models build-tiny`), a local "
@@ -309,6 +352,27 @@ class Generation(_Model):
         "names a backend (or pool) decides it. See darkroom.backends.routing"
     )
     stability: StabilityOptions = StabilityOptions()
+    loras: list[LoraAdapter] = Field(default_factory=list, description="LoRA adapters with weights")
+    ip_adapter: IPAdapter | None = None
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bfloat16 for SD3/Flux and float16 for SD/SDXL on cuda, "
+        "float16 on mps, float32 on cpu")
+    optimizations: Optimizations = Optimizations()
+    upscaler: str | None = Field(
+        None, description="Diffusers upscaler pipeline (folder or hub id, e.g. "
+        "stabilityai/stable-diffusion-x4-upscaler) for channels' upscale_to; null = Lanczos")
+
+    @model_validator(mode="after")
+    def _local_only_features(self) -> Generation:
+        used = ([f"mode: {self.mode}"] if self.mode != "text2image" else []) + \
+            (["loras"] if self.loras else []) + (["ip_adapter"] if self.ip_adapter else [])
+        remote = {self.backend} | {r.backend for r in self.routing if r.backend}
+        remote &= {"http", "stability"}
+        if used and remote:
+            raise ValueError(f"{', '.join(used)} run on the local diffusers backend only, but "
+                             f"backend {sorted(remote)[0]!r} may be used; fix: set backend: local "
+                             "(and no routing rule to http/stability) or drop " + used[0])
+        return self
 
 
 class QACheck(_Model):
@@ -441,6 +505,16 @@ class CampaignSpec(_Model):
         names = [at.name for at in self.asset_types]
         if len(names) != len(set(names)):
             raise ValueError(f"asset_types: names must be unique, got {names}")
+        g, p = self.generation, self.products
+        needs_reference = [f"generation.mode: {g.mode}"] if g.mode != "text2image" else []
+        needs_reference += ["generation.ip_adapter"] if g.ip_adapter else []
+        if needs_reference and not p.reference_image_column:
+            raise ValueError(f"{needs_reference[0]} starts from each product's reference image, "
+                             "but products.reference_image_column is not set; fix: name the "
+                             "product column that holds the reference image paths")
+        if g.mode == "inpaint" and not p.mask_image_column:
+            raise ValueError("generation.mode: inpaint needs a mask per product; fix: set "
+                             "products.mask_image_column to the column of mask image paths")
         return self
 
     # -- derived values -------------------------------------------------------------

@@ -33,7 +33,7 @@ from darkroom.models import (
     safe_key,
 )
 from darkroom.spec import LoadedSpec, load_spec
-from darkroom.storage import Storage, open_storage, read_uri
+from darkroom.storage import Storage, open_storage, read_uri, sha256_bytes
 
 log = logging.getLogger("darkroom")
 
@@ -180,6 +180,41 @@ def _products_frame(ctx: RunContext):
 
 # 2. expand_prompts --------------------------------------------------------------------
 
+def _input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
+    """Each product's reference (and mask) image for image2image, inpaint and IP-Adapter:
+    where it is and its checksum. Empty when the campaign is text-to-image only."""
+    g, p = ctx.spec.generation, ctx.spec.products
+    if g.mode == "text2image" and not g.ip_adapter:
+        return {}
+    columns = [("reference", p.reference_image_column)]
+    if g.mode == "inpaint":
+        columns.append(("mask", p.mask_image_column))
+    s3 = getattr(ctx.storage, "client", None)
+    out: dict[str, dict] = {}
+    for row in rows:
+        pid = str(row[p.id_column])
+        entry = {}
+        for key, column in columns:
+            value = row.get(column)
+            if value is None or str(value).strip() == "":
+                raise ValidationFailed(
+                    f"{ctx.loaded.path}: product {pid} has no {key} image (column {column!r} is "
+                    f"empty) but generation.mode is {g.mode}"
+                    + (" with ip_adapter" if g.ip_adapter else "")
+                    + "; fix: fill the column for every product, or remove the product")
+            value = str(value).strip()
+            uri = value if value.startswith(("s3://", "file://")) else ctx.loaded.resolve(value).as_uri()
+            try:
+                data = read_uri(uri, s3_client=s3)
+            except Exception as exc:
+                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                       f"{value!r}: cannot read {uri}: {exc}; fix: point it at an "
+                                       "existing file or s3:// object") from exc
+            entry[key] = {"uri": uri, "sha256": sha256_bytes(data)}
+        out[pid] = entry
+    return out
+
+
 def expand_prompts(ctx: RunContext) -> list[int]:
     """Render variants, store them and this run's plan; return the batch numbers to map over.
 
@@ -190,7 +225,8 @@ def expand_prompts(ctx: RunContext) -> list[int]:
 
     # 1. Render products x asset types x locales x vary combinations x seeds.
     rows = frame_to_rows(_products_frame(ctx))
-    variants = prompts.render_variants(ctx.loaded, rows, seed_offset=ctx.conf.seed_offset)
+    variants = prompts.render_variants(ctx.loaded, rows, seed_offset=ctx.conf.seed_offset,
+                                       inputs=_input_images(ctx, rows))
     if ctx.conf.variants:
         wanted = set(ctx.conf.variants)
         variants = [v for v in variants if v.id in wanted]
@@ -339,11 +375,12 @@ def _planned(s, ctx: RunContext, batch: int) -> list[Variant]:
 
 def generate(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
     """Generate one mapped batch. Each image is written and committed as it finishes."""
-    from darkroom.inference import Request, generate_halving, resolve_model
+    from darkroom.inference import Request, generate_halving, input_fields, resolve_model
 
     g = ctx.spec.generation
     # 1. Resolve the model to a concrete version (recorded on the run and every asset).
     ref = resolve_model(g.model, g.revision, ctx.settings, ctx.conf.model_version)
+    ref = ref.with_spec_loras(g.loras, ctx.loaded.resolve)
     g = effective_generation(g, ref)
     with ctx.catalog.session() as s:
         run = s.get(Run, ctx.run_pk)
@@ -365,14 +402,18 @@ def generate(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
 
         backend = backend_for_batch(ctx, ref, g, todo)
     sampler = backend.sampler_name(g.scheduler)
-    # 3. Batched inference, g.batch_size images per forward pass.
+    # 3. Batched inference, g.batch_size images per forward pass (a short last pass is padded:
+    #    the pass size, not its company, decides a variant's pixels).
     for start in range(0, len(todo), g.batch_size):
         chunk = todo[start : start + g.batch_size]
-        requests = [Request(v.id, v.prompt, v.negative_prompt, v.seed, g.width, g.height,
-                            g.steps, g.guidance, g.scheduler) for v in chunk]
         try:
+            requests = [Request(v.id, v.prompt, v.negative_prompt, v.seed, g.width, g.height,
+                                g.steps, g.guidance, g.scheduler,
+                                **input_fields(v.params, g.width, g.height,
+                                               s3_client=getattr(ctx.storage, "client", None)))
+                        for v in chunk]
             results = generate_halving(
-                backend, requests,
+                backend, requests, pass_size=g.batch_size,
                 on_halve=lambda n, h: log.warning("Out of memory at batch size %d: retrying as %d", n, h))
         except Exception as exc:  # recorded per variant; the next run retries them
             reason = _failure_reason(exc)
@@ -456,11 +497,17 @@ def _record_image(ctx, variant: Variant, asset_id: str, ref, backend: str, sampl
             prompt=variant.prompt, negative_prompt=variant.negative_prompt, steps=g.steps,
             sampler=sampler, guidance=g.guidance, seed=variant.seed, width=img.width,
             height=img.height, model_hash=ref.model_hash, model=ref.name,
-            extra={"Model version": ref.version, "Version": "darkroom"}),
+            extra={**_infotext_extras(variant, ref), "Model version": ref.version,
+                   "Asset id": asset_id, "Version": "darkroom"}),
         darkroom={"asset_id": asset_id, "variant_id": variant.id, "campaign": ctx.spec.id,
                   "run_id": ctx.run_id, "product_id": variant.product_id,
                   "model": ref.location if not ref.is_local else ref.name,
-                  "model_version": ref.version, "backend": backend},
+                  "model_version": ref.version, "backend": backend,
+                  "pass_size": len(result.forward_pass or [variant.id]),
+                  **({"loras": [{k: x[k] for k in ("name", "version", "weight")} for x in ref.lora_records]}
+                     if ref.loras else {}),
+                  **{k: (variant.params or {})[k] for k in ("mode", "strength", "reference", "mask",
+                                                           "ip_adapter") if k in (variant.params or {})}},
     )
     data = imaging.encode(img, "png", prov)
     stored = ctx.storage.put(ctx.key("originals", f"{variant.id}.png"), data, "image/png")
@@ -468,6 +515,20 @@ def _record_image(ctx, variant: Variant, asset_id: str, ref, backend: str, sampl
                   failure_reason=None, uri=stored.uri, sha256=stored.sha256, width=img.width,
                   height=img.height, format="png", bytes=stored.bytes,
                   timings={"generate_s": round(result.seconds, 4)}, forward_pass=result.forward_pass)
+
+
+def _infotext_extras(variant: Variant, ref) -> dict:
+    """AUTOMATIC1111's own keys for what went beyond text-to-image, so its tools read them."""
+    params, extra = variant.params or {}, {}
+    if params.get("mode"):
+        extra["Denoising strength"] = params["strength"]
+        extra["Mode"] = params["mode"]
+    if ref.loras:
+        extra["Lora hashes"] = ", ".join(f"{x.name}: {x.version}" for x in ref.loras)
+        extra["Lora weights"] = ", ".join(f"{x.name}: {x.weight:g}" for x in ref.loras)
+    if params.get("ip_adapter"):
+        extra["IP-Adapter"] = f"{params['ip_adapter']['weight_name']}: {params['ip_adapter']['scale']:g}"
+    return extra
 
 
 # 4. qa --------------------------------------------------------------------------------
@@ -615,7 +676,7 @@ def postprocess(ctx: RunContext, batch: int) -> dict:
     channels = ctx.spec.channels
     # 1. A recipe that cannot work (missing logo or font, no upscaler) fails the task now,
     #    with the field to fix, instead of failing every asset one by one.
-    pp.check_recipes(channels)
+    pp.check_recipes(channels, model_upscaler=ctx.spec.generation.upscaler)
     with ctx.catalog.session() as s:
         assets = _run_assets(s, ctx, batch, REVIEWABLE)
         variants = {a.id: a.variant for a in assets}
@@ -631,7 +692,9 @@ def postprocess(ctx: RunContext, batch: int) -> dict:
     workers = pool_size(len(assets), largest, ctx.spec.qa.workers or default_workers())
     made = failed = 0
     # 2. Render in worker processes; store each derivative and its row as it comes back.
-    for asset, res in process_map(pp.render_all, jobs(), workers=workers):
+    #    A model upscaler (generation.upscaler) runs here, in this process, as jobs are pulled.
+    upscaled_jobs = pp.model_upscaled(jobs(), ctx.spec.generation.upscaler)
+    for asset, res in process_map(pp.render_all, upscaled_jobs, workers=workers):
         variant = variants[asset.id]
         if isinstance(res, Exception):  # one bad original never stops the batch
             log.error("Postprocess: asset %s failed: %s", asset.id, res)

@@ -46,8 +46,10 @@ class Backend(Protocol):
         """The sampler as recorded in the AUTOMATIC1111 infotext of each image."""
         ...
 
-    def generate(self, requests: list[Request]) -> list[Result]:
-        """One result per request, in order; per-variant failures as ``Result.error``."""
+    def generate(self, requests: list[Request], pass_size: int | None = None) -> list[Result]:
+        """One result per request, in order; per-variant failures as ``Result.error``.
+        ``pass_size``: images per forward pass, for backends that batch (padding to it keeps
+        pixels independent of batch composition); others ignore it."""
         ...
 
 
@@ -82,15 +84,16 @@ def model_server_url(settings: Settings) -> str:
 
 
 def make_backend(name: str, ref: ModelRef, settings: Settings, *, device: str = "auto",
-                 stability: dict | None = None) -> Backend:
+                 stability: dict | None = None, dtype: str = "auto", options=None) -> Backend:
     """The backend called ``name`` for the model ``ref``.
 
     :param stability: the spec's ``generation.stability`` options (endpoint, model, format).
+    :param dtype, options: the local backend's dtype and ``inference.PipelineOptions``.
     """
     if name == "local":
-        from darkroom.inference import LocalDiffusersBackend
+        from darkroom.inference import LocalDiffusersBackend, PipelineOptions
 
-        return LocalDiffusersBackend(ref, device)
+        return LocalDiffusersBackend(ref, device, dtype=dtype, options=options or PipelineOptions())
     if name == "http":
         from darkroom.backends.http import HttpBackend
 

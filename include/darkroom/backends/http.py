@@ -34,11 +34,17 @@ class HttpBackend:
             return {"model": f"models:/{ref.profile}/{ref.version}", "revision": None, "version": None}
         return {"model": ref.location, "revision": ref.revision, "version": ref.version}
 
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def generate(self, requests: list[Request], pass_size: int | None = None) -> list[Result]:
         import httpx
         from PIL import Image
 
-        body = {**self._model_fields(), "requests": [vars(r) for r in requests]}
+        if any(r.mode != "text2image" or r.reference is not None for r in requests):
+            raise InvalidRequest("the model server runs text-to-image only; fix: use backend "
+                                 "local for generation.mode image2image/inpaint and ip_adapter")
+        fields = ("variant_id", "prompt", "negative_prompt", "seed", "width", "height", "steps",
+                  "guidance", "scheduler")
+        body = {**self._model_fields(), "pass_size": pass_size,
+                "requests": [{f: getattr(r, f) for f in fields} for r in requests]}
         url = f"{self.base_url}/v1/generate"
         problem = ""
         for attempt in range(self.attempts):
@@ -72,5 +78,6 @@ class HttpBackend:
             else:
                 img = Image.open(io.BytesIO(base64.b64decode(ans["png_base64"])))
                 img.load()
-                results.append(Result(req.variant_id, img, float(ans["seconds"])))
+                results.append(Result(req.variant_id, img, float(ans["seconds"]),
+                                      forward_pass=ans.get("forward_pass")))
         return results

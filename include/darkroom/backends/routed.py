@@ -23,14 +23,14 @@ class RoutedBackend:
     def sampler_name(self, scheduler: str) -> str:
         return ", ".join(sorted({b.sampler_name(scheduler) for b in self.backends.values()}))
 
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def generate(self, requests: list[Request], pass_size: int | None = None) -> list[Result]:
         by_variant: dict[str, Result] = {}
         for name, backend in self.backends.items():
             mine = [r for r in requests if self.routes[r.variant_id] == name]
             if not mine:
                 continue
             try:
-                results = backend.generate(mine)
+                results = backend.generate(mine, pass_size=pass_size)
             except BackendError as exc:  # one backend down must not fail the others' variants
                 results = [Result(r.variant_id, None, 0.0, f"{exc.reason}: {exc}"[:500]) for r in mine]
             sampler = backend.sampler_name(mine[0].scheduler)
@@ -76,7 +76,11 @@ def backend_for_batch(ctx, ref: ModelRef, g, variants) -> Backend:
     """The backend for ``variants``: a plain one when they all route alike, else a RoutedBackend."""
     routes = routes_for(ctx, variants)
     options = g.stability.model_dump(exclude_none=True)
-    backends = {name: make_backend(name, ref, ctx.settings, device=g.device, stability=options)
+    from darkroom.inference import PipelineOptions
+
+    local = PipelineOptions.from_spec(g, resolve=ctx.loaded.resolve)
+    backends = {name: make_backend(name, ref, ctx.settings, device=g.device, stability=options,
+                                   dtype=g.dtype, options=local)
                 for name in sorted(set(routes.values()))}
     if len(backends) == 1:
         return next(iter(backends.values()))

@@ -57,18 +57,22 @@ class GenerateBody(BaseModel):
     revision: str | None = None
     version: str | None = Field(None, description="Required model version (refused if it differs)")
     requests: list[GenerateItem] = Field(min_length=1, max_length=256)
+    pass_size: int | None = Field(
+        None, ge=1, le=64, description="Images per forward pass (the spec's batch_size); passes "
+        "are padded to it so a variant's pixels do not depend on what it is batched with")
 
 
 @dataclass
 class _Item:
     model_key: tuple
     request: Request
+    pass_size: int | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
     @property
     def batch_key(self) -> tuple:
         r = self.request
-        return (self.model_key, r.width, r.height, r.steps, r.guidance, r.scheduler)
+        return (self.model_key, r.width, r.height, r.steps, r.guidance, r.scheduler, self.pass_size)
 
 
 class Batcher:
@@ -122,8 +126,9 @@ class Batcher:
                     for spelled, key in self._refs.items()]
 
     # -- batching -----------------------------------------------------------------------
-    def submit(self, model_key: tuple, requests: list[Request]) -> list[concurrent.futures.Future]:
-        items = [_Item(model_key, r) for r in requests]
+    def submit(self, model_key: tuple, requests: list[Request],
+               pass_size: int | None = None) -> list[concurrent.futures.Future]:
+        items = [_Item(model_key, r, pass_size) for r in requests]
         with self._lock:
             self.stats["requests"] += 1
         for item in items:
@@ -158,14 +163,16 @@ class Batcher:
             for item in pending:
                 groups.setdefault(item.batch_key, []).append(item)
             for items in groups.values():
-                self._run(items)
+                size = items[0].pass_size or self.max_batch
+                for start in range(0, len(items), size):  # requests of several tasks share passes
+                    self._run(items[start : start + size])
             if stop:
                 return
 
     def _run(self, items: list[_Item]) -> None:
         backend = self._backends[items[0].model_key]
         try:
-            results = generate_halving(backend, [i.request for i in items])
+            results = generate_halving(backend, [i.request for i in items], pass_size=items[0].pass_size)
         except Exception as exc:  # every waiting request hears about it
             log.exception("Batch of %d failed", len(items))
             for item in items:
@@ -231,7 +238,7 @@ def create_app(settings: Settings | None = None, *, device: str = "auto", window
         except ModelError as exc:
             raise HTTPException(status_code=400, detail=f"model {body.model!r}: {exc}") from exc
         requests = [Request(**item.model_dump()) for item in body.requests]
-        futures = batcher.submit(model_key, requests)
+        futures = batcher.submit(model_key, requests, body.pass_size)
         outcomes = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
         results = []
         for req, outcome in zip(requests, outcomes, strict=True):
@@ -241,7 +248,8 @@ def create_app(settings: Settings | None = None, *, device: str = "auto", window
             else:
                 png = await asyncio.to_thread(_png_base64, outcome.image)
                 results.append({"variant_id": req.variant_id, "png_base64": png,
-                                "seconds": outcome.seconds, "error": outcome.error})
+                                "seconds": outcome.seconds, "error": outcome.error,
+                                "forward_pass": outcome.forward_pass})
         return {"model": backend.ref.name, "version": backend.ref.version, "results": results}
 
     return app

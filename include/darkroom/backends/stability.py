@@ -86,9 +86,12 @@ class StabilityBackend:
             out["model"] = self.model
         return out
 
-    def generate(self, requests: list[Request]) -> list[Result]:
+    def generate(self, requests: list[Request], pass_size: int | None = None) -> list[Result]:
         import httpx
 
+        if any(r.mode != "text2image" or r.reference is not None for r in requests):
+            raise InvalidRequest("the Stability backend is wired for text-to-image only; fix: use "
+                                 "backend local for generation.mode image2image/inpaint and ip_adapter")
         with httpx.Client(timeout=self.timeout_s) as client:
             return [self._one(client, r) for r in requests]
 

@@ -1,0 +1,358 @@
+"""Model upscaling for channels' ``upscale_to`` (``generation.upscaler``): a diffusers x4
+upscaler pipeline, loaded once per process, that takes an original to 2048 or 4096 px.
+
+Where it runs: in the postprocess task's own process (darkroom.postprocess.model_upscaled),
+once per asset, to the largest ``upscale_to`` its channels ask for; the render workers only
+crop, resize and encode. One pipeline per process (possibly on the GPU), never one per worker.
+
+How a target is reached (:meth:`ModelUpscaler.upscale`). The model multiplies the long side
+by a fixed factor (4 for ``StableDiffusionUpscalePipeline``). With ``n`` = the most whole
+passes that do not overshoot the target (at least one), the input is first Lanczos-resized to
+``target / 4**n`` so the last pass lands on the target itself, then a final Lanczos resize
+fixes rounding (the pipeline works in multiples of 4 px). So every output pixel is made by
+the model at its native ratio and the model never works at more than ``target / 4`` px:
+
+    512 -> 2048: one pass          1024 -> 4096: one pass
+    512 -> 4096: 512 -> 1024 (Lanczos), one pass      1024 -> 2048: 1024 -> 512, one pass
+    64 -> 2048 (the tiny test model): 64 -> 128 (Lanczos), 128 -> 512 -> 2048
+
+Memory. The UNet works at the pass input's size (at most ``target / 4``: 1024x1024 for
+4096), so its activations grow with that and are not tiled here. The VAE decodes at the
+output size, which is the big one: the real x4 model's decoder keeps 128 channels at full
+size, and the pipeline upcasts the VAE to float32, so one activation of a 4096x4096 decode
+is 8 GiB. VAE tiling is therefore switched on for every output above
+:data:`VAE_TILING_ABOVE` px: the decode works tile by tile (the VAE's ``sample_size``) with
+blended seams, and its memory stays that of one tile, whatever the output. The images
+themselves are small beside that (a 4096x4096 RGB image is 48 MiB). On CPU (no GPU in the
+postprocess worker) it all runs, slowly, in float32.
+
+Determinism: every pass draws its noise from a CPU generator seeded with :data:`SEED`, so
+the same original, target and model give the same pixels on the same device and library
+versions. The provenance name (:attr:`ModelUpscaler.name`) says which model and version made
+a derivative: ``diffusers:<folder name>@<content digest 12>`` for a folder,
+``diffusers:<hub id>@<commit 12>`` for a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from darkroom.errors import ModelError
+
+# model_index.json class -> how many times one pass multiplies the long side.
+# (StableDiffusionLatentUpscalePipeline, x2, takes latents and a different call; not supported.)
+FACTORS = {"StableDiffusionUpscalePipeline": 4}
+SEED = 0
+# Call settings per pass. The spec has no place for them, so a model folder may carry its own
+# in SETTINGS_FILE ({"steps": 2, "guidance": 1.0, "noise_level": 20}): they travel with the
+# weights, and being in the folder they are in its digest, so the provenance name changes
+# when they do.
+SETTINGS_FILE = "darkroom-upscaler.json"
+DEFAULT_SETTINGS = {
+    "steps": 20,  # the pipeline's own default is 75; each step is a full UNet pass
+    "guidance": 7.5,
+    "noise_level": 20,  # the pipeline's default: noise added to the low-res input (0-350)
+}
+VAE_TILING_ABOVE = 1024  # px, output long side
+
+_FIX = ("fix: point generation.upscaler at a StableDiffusionUpscalePipeline folder or hub id "
+        "(e.g. stabilityai/stable-diffusion-x4-upscaler; `darkroom.upscaler.build_tiny_upscaler` "
+        "makes an offline test one), or set it to null to upscale with Lanczos")
+
+
+def _field(value: str) -> str:
+    return f"generation.upscaler = {value!r}"
+
+
+@dataclass(frozen=True)
+class UpscalerRef:
+    """``generation.upscaler`` resolved: what from_pretrained loads and what provenance says."""
+
+    value: str  # as the spec wrote it
+    location: str  # local folder (resolved) or hub id
+    is_local: bool
+    pipeline_class: str | None  # from model_index.json; None for a hub id not fetched yet
+
+
+def resolve(value: str) -> UpscalerRef:
+    """Check ``generation.upscaler`` without loading weights (cheap: reads model_index.json).
+
+    A folder must hold a diffusers upscaler pipeline; anything that looks like a path but is
+    not a folder is an error. Other values are hub ids, checked when they are fetched.
+    """
+    if not value or not value.strip():
+        raise ModelError(f"{_field(value)} is empty; {_FIX}")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        try:
+            cls = json.loads(index.read_text("utf-8")).get("_class_name")
+        except FileNotFoundError:
+            raise ModelError(f"{_field(value)}: {path} has no model_index.json, so it is not a "
+                             f"diffusers pipeline folder; {_FIX}") from None
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{_field(value)}: cannot read {index} ({exc}); {_FIX}") from None
+        _check_class(value, cls)
+        return UpscalerRef(value, str(path.resolve()), True, cls)
+    if value.startswith(("/", ".", "~")) or path.exists() or value.count("/") != 1:
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise ModelError(f"{_field(value)}: {path} {what} (and it is not a hub id of the form "
+                         f"owner/name); {_FIX}")
+    return UpscalerRef(value, value, False, None)
+
+
+def _check_class(value: str, cls: str | None) -> None:
+    if cls not in FACTORS:
+        raise ModelError(f"{_field(value)} is a {cls or 'pipeline of unknown class'}, not an "
+                         f"upscaler pipeline (supported: {', '.join(FACTORS)}); {_FIX}")
+
+
+def plan(side: int, target: int, factor: int) -> tuple[int, int]:
+    """``(passes, first input long side)`` to take a ``side`` px long side to ``target``
+    (see the module docstring): the most passes that do not overshoot, at least one."""
+    passes = max(1, math.floor(math.log(target / side, factor) + 1e-9))
+    return passes, max(1, round(target / factor**passes))
+
+
+def _resize_long(img: Image.Image, long_side: int) -> Image.Image:
+    scale = long_side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
+
+
+class ModelUpscaler:
+    """A loaded diffusers upscaler; call it as ``upscaler(image, long_side)`` (the
+    darkroom.postprocess.UPSCALERS signature). Not thread-safe on its own: calls are
+    serialized by a lock, since the pipeline's VAE tiling switch is per call."""
+
+    def __init__(self, ref: UpscalerRef, pipe: Any, version: str, device: str,
+                 settings: dict | None = None):
+        self.ref, self.pipe, self.device = ref, pipe, device
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.factor = FACTORS[type(pipe).__name__]
+        short = Path(ref.location).name if ref.is_local else ref.location
+        self.name = f"diffusers:{short}@{version}"
+        self.upscaler_name = self.name  # what darkroom.postprocess records as `upscaled.by`
+        self._lock = threading.Lock()
+
+    def __call__(self, img: Image.Image, long_side: int) -> Image.Image:
+        return self.upscale(img, long_side)
+
+    def upscale(self, img: Image.Image, long_side: int, *, prompt: str = "",
+                negative_prompt: str = "") -> Image.Image:
+        """``img`` upscaled so its long side is ``long_side`` (aspect kept, exact size).
+
+        RGB goes through the model; an alpha channel, which the model cannot see, is
+        Lanczos-resized and put back. The prompt (the asset's own, when known) steers the
+        detail the model adds."""
+        if long_side <= max(img.size):
+            raise ValueError(f"upscale to {long_side} px asked for a {img.width}x{img.height} image")
+        alpha = img.getchannel("A") if img.mode == "RGBA" else None
+        rgb = img.convert("RGB")
+        passes, first = plan(max(img.size), long_side, self.factor)
+        out = _resize_long(rgb, first)
+        for _ in range(passes):
+            out = self._pass(out, prompt, negative_prompt)
+        out = _resize_long(out, long_side)
+        exact = _resize_long(img, long_side).size  # the size a plain resize would give
+        if out.size != exact:  # the pipeline's multiple-of-4 rounding: a hair of aspect drift
+            out = out.resize(exact, Image.Resampling.LANCZOS)
+        if alpha is not None:
+            out.putalpha(alpha.resize(out.size, Image.Resampling.LANCZOS))
+        return out
+
+    def _pass(self, img: Image.Image, prompt: str, negative_prompt: str) -> Image.Image:
+        import torch
+
+        out_long = max(img.size) * self.factor
+        with self._lock, torch.inference_mode():
+            if out_long > VAE_TILING_ABOVE:
+                self.pipe.vae.enable_tiling()
+            else:  # small outputs decode in one piece: no seams, and memory is no issue
+                self.pipe.vae.disable_tiling()
+            result = self.pipe(
+                prompt=prompt, negative_prompt=negative_prompt or None, image=img,
+                num_inference_steps=self.settings["steps"], guidance_scale=self.settings["guidance"],
+                noise_level=self.settings["noise_level"],
+                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil")
+        return result.images[0]
+
+
+_loaded: dict[tuple, ModelUpscaler] = {}
+_loaded_lock = threading.Lock()
+
+
+def load(value: str, device: str = "auto") -> ModelUpscaler:
+    """The upscaler ``generation.upscaler`` names, loaded once per process (cached by
+    location, device and dtype); raises :class:`ModelError` naming the field and the fix."""
+    from darkroom.inference import local_model_digest, pick_device
+
+    ref = resolve(value)
+    device, dtype = pick_device(device)
+    key = (ref.location, device, str(dtype))
+    with _loaded_lock:
+        up = _loaded.get(key)
+        if up is not None:
+            return up
+        folder, version = _fetch(ref)
+        if ref.is_local:
+            version = local_model_digest(folder)[:12]
+        from diffusers import DiffusionPipeline
+
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{_field(value)}: could not load the pipeline from {folder}: {exc}; "
+                             f"{_FIX}") from exc
+        _check_class(value, type(pipe).__name__)
+        settings = _settings(value, folder)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        up = _loaded[key] = ModelUpscaler(ref, pipe, version, device, settings)
+        return up
+
+
+def _settings(value: str, folder: Path) -> dict:
+    """The folder's SETTINGS_FILE, checked: unknown keys or bad values are errors, not
+    silently ignored."""
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{_field(value)}: cannot read {path} ({exc}); fix it or delete it "
+                         "(the defaults then apply)") from None
+    problems = [f"unknown key {k!r}" for k in raw if k not in DEFAULT_SETTINGS]
+    if not (isinstance(raw.get("steps", 1), int) and raw.get("steps", 1) >= 1):
+        problems.append(f"steps = {raw['steps']!r} (a whole number >= 1)")
+    if not (isinstance(raw.get("guidance", 1.0), int | float) and raw.get("guidance", 1.0) >= 0):
+        problems.append(f"guidance = {raw['guidance']!r} (a number >= 0)")
+    if not (isinstance(raw.get("noise_level", 0), int) and 0 <= raw.get("noise_level", 0) <= 350):
+        problems.append(f"noise_level = {raw['noise_level']!r} (a whole number 0-350)")
+    if problems:
+        raise ModelError(f"{_field(value)}: {path}: " + "; ".join(problems)
+                         + f"; fix: use only {', '.join(DEFAULT_SETTINGS)} with valid values")
+    return raw
+
+
+def _fetch(ref: UpscalerRef) -> tuple[Path, str]:
+    """The local folder to load and its version. A hub id is fetched into (or found in) the
+    Hugging Face cache; its version is the snapshot's commit."""
+    if ref.is_local:
+        return Path(ref.location), ""
+    from diffusers import DiffusionPipeline
+
+    try:
+        folder = Path(DiffusionPipeline.download(ref.location))
+    except Exception as exc:  # hub errors have many types (HTTP, offline, gated, missing)
+        raise ModelError(f"{_field(ref.value)}: could not fetch it from the Hugging Face hub "
+                         f"({type(exc).__name__}: {exc}); {_FIX} (HF_HUB_OFFLINE=1 uses the "
+                         "local cache only)") from exc
+    cls = json.loads((folder / "model_index.json").read_text("utf-8")).get("_class_name")
+    _check_class(ref.value, cls)
+    return folder, folder.name[:12]  # .../snapshots/<commit>
+
+
+def free_device_memory() -> None:
+    """After a failed pass (out of memory, typically): give the cached blocks back, so the
+    next asset starts from a clean device."""
+    from darkroom.inference import _free_device_memory
+
+    _free_device_memory()
+
+
+def build_tiny_upscaler(path: str | Path, *, seed: int = 0) -> Path:
+    """Build and ``save_pretrained`` a tiny random-weight ``StableDiffusionUpscalePipeline``
+    (x4) at ``path``, offline: the same component layout as the real
+    stabilityai/stable-diffusion-x4-upscaler (UNet on 4 latent + 3 image channels with the
+    noise level as class label, a 3-block VAE that decodes 4x, a DDPM low-res scheduler),
+    with widths shrunk to a few channels so it runs on a CPU in seconds. Its output is noise
+    over the input's colours, by design. Deterministic for a seed."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from darkroom.tiny_model import write_tokenizer
+
+    path = Path(path)
+    tok_dir = path.parent / f".{path.name}-tokenizer"
+    vocab_size = write_tokenizer(tok_dir)
+    # vocab=/merges= (not vocab_file=): see darkroom.tiny_model.build_tiny_pipeline.
+    tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
+                              model_max_length=77)
+    bos, eos = vocab_size - 2, vocab_size - 1
+    max_noise_level = 350
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8, 8, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=7,  # 4 latent channels + the 3-channel low-res image, as the real model
+        out_channels=4,
+        # Attention only in the mid block (1/8 of the input's size, text cross-attention
+        # only): the UNet runs at the pass input's size (512x512 on the way to 2048), where
+        # CPU attention over every pixel takes tens of seconds per step.
+        down_block_types=("DownBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) * 4,
+        mid_block_only_cross_attention=True,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=2,
+        num_class_embeds=1000,  # the noise level is the class label, as in the real model
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[4, 4, 4],  # three blocks: the decoder upsamples 4x
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=256,  # VAE tiling's tile size: 64-latent tiles
+        scaling_factor=0.08333,  # the x4 upscaler's; the pipeline insists on it
+        mid_block_add_attention=False,  # quadratic in latent pixels, as above
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, hidden_size=8, intermediate_size=16,
+        layer_norm_eps=1e-05, num_attention_heads=2, num_hidden_layers=2, vocab_size=vocab_size))
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        # The real model predicts v; its scheduler config says so.
+        scheduler=DDIMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear",
+                                beta_start=0.0001, beta_end=0.02, clip_sample=False,
+                                set_alpha_to_one=False, steps_offset=1),
+        max_noise_level=max_noise_level,
+    )
+    pipe.save_pretrained(str(path))
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    (path / "DARKROOM_TINY_UPSCALER.txt").write_text(
+        "Random weights built by darkroom.upscaler.build_tiny_upscaler: it adds noise, not detail.\n"
+        "Point generation.upscaler at a real upscaler (e.g. stabilityai/stable-diffusion-x4-upscaler).\n",
+        "utf-8")
+    # Few steps and no classifier-free guidance (one UNet batch, not two): random weights gain
+    # nothing from more, and tests run it on a CPU.
+    (path / SETTINGS_FILE).write_text(json.dumps({"steps": 2, "guidance": 1.0}) + "\n", "utf-8")
+    return path
