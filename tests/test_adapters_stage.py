@@ -12,13 +12,15 @@ from darkroom import imaging, inference, stages
 from darkroom.config import Settings
 from darkroom.errors import ModelError
 from darkroom.inference import LocalDiffusersBackend, Request, resolve_model
-from darkroom.models import Asset, AssetLora, PlanItem
+from darkroom.models import AssetLora
 from darkroom.reproduce import regenerate_asset
 from darkroom.spec import Generation
 from darkroom.storage import read_uri
 from darkroom.tiny_adapters import build_tiny_ip_adapter, build_tiny_lora
 from PIL import Image
 from sqlalchemy import select
+
+from tests.generation import generate_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,13 +49,7 @@ def _campaign(tmp_path: Path, **generation) -> Path:
 
 
 def _generate(spec: Path, run_id: str) -> tuple[dict, dict]:
-    ctx = stages.RunContext.open(spec, "campaign__spring_tiles", run_id, {})
-    stages.validate_inputs(ctx)
-    (batch,) = stages.expand_prompts(ctx)
-    counts = stages.generate(ctx, batch)
-    with ctx.catalog.session() as s:
-        planned = select(PlanItem.variant_id).where(PlanItem.run_pk == ctx.run_pk)
-        assets = {a.variant.product_id: a for a in s.scalars(select(Asset).where(Asset.variant_id.in_(planned)))}
+    _, counts, assets = generate_once(spec, run_id)
     return counts, assets
 
 

@@ -11,12 +11,14 @@ import yaml
 from darkroom import imaging, stages
 from darkroom.config import Settings
 from darkroom.errors import SpecError, ValidationFailed
-from darkroom.models import Asset, AssetStatus, PlanItem
+from darkroom.models import Asset, AssetStatus
 from darkroom.reproduce import regenerate_asset
 from darkroom.spec import load_spec
 from darkroom.storage import read_uri
 from PIL import Image, ImageDraw
 from sqlalchemy import select
+
+from tests.generation import generate_once
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGNS = ROOT / "include" / "campaigns"
@@ -57,16 +59,7 @@ def _campaign(tmp_path: Path, mode: str, **generation) -> Path:
 
 
 def _generate(spec: Path, run_id: str = "manual__1"):
-    ctx = stages.RunContext.open(spec, "campaign__spring_tiles", run_id, {})
-    stages.validate_inputs(ctx)
-    (batch,) = stages.expand_prompts(ctx)
-    counts = stages.generate(ctx, batch)
-    with ctx.catalog.session() as s:
-        planned = select(PlanItem.variant_id).where(PlanItem.run_pk == ctx.run_pk)
-        assets = {a.variant.product_id: a for a in s.scalars(select(Asset).where(Asset.variant_id.in_(planned)))}
-        for a in assets.values():
-            _ = a.variant.params  # loaded while the session is open
-    return ctx, counts, assets
+    return generate_once(spec, run_id)
 
 
 @pytest.mark.parametrize("mode", ["image2image", "inpaint"])

@@ -80,9 +80,7 @@ class ModelRef:
         for i, a in enumerate(adapters):
             location = _resolve_location(a.path, resolve)
             path = Path(location)
-            if path.is_file():
-                version = _file_digest(path)[:12]
-            elif path.is_dir():
+            if path.exists():  # hashed once per weights change, not once per task
                 version = local_model_digest(path)[:12]
             elif _looks_like_hub_id(a.path):
                 version = "hub"
@@ -105,6 +103,8 @@ def _file_digest(path: Path) -> str:
 
 
 def _model_files(root: Path) -> list[Path]:
+    if root.is_file():  # a single weights file (a LoRA's .safetensors)
+        return [root]
     return sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts)
 
 
@@ -147,7 +147,8 @@ def _cached_digest(path: str, signature: str) -> str:
 
 
 def local_model_digest(path: Path) -> str:
-    """Checksum of a saved pipeline folder (every file's name and content)."""
+    """Checksum of a saved pipeline folder (every file's name and content) or of one
+    weights file, kept on disk keyed by the files' sizes and mtimes."""
     root = path.resolve()
     stats = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
              for f in _model_files(root)]

@@ -87,10 +87,9 @@ def _with_recorded_loras(ref, records: list[dict], spec_dir: Path):
     loras = tuple(Lora(r["name"], r["version"], r["weight"], r.get("path")) for r in added)
     for lora in loras:
         if lora.version != "hub" and lora.path and Path(lora.path).exists():
-            from darkroom.inference import _file_digest, local_model_digest
+            from darkroom.inference import local_model_digest
 
-            path = Path(lora.path)
-            now = (_file_digest(path) if path.is_file() else local_model_digest(path))[:12]
+            now = local_model_digest(Path(lora.path))[:12]
             if now != lora.version:
                 raise DarkroomError(f"LoRA {lora.name} at {lora.path} is now version {now}, the asset "
                                     f"was made with {lora.version}; it cannot be reproduced from it")
