@@ -235,11 +235,9 @@ def pick_device(preference: str = "auto", family: str = "sd", dtype: str = "auto
             preference = "mps"
         else:
             preference = "cpu"
-    if dtype != "auto":
-        return preference, getattr(torch, dtype)
-    if preference == "cuda":
-        return preference, torch.bfloat16 if family in ("sd3", "flux") else torch.float16
-    return preference, {"mps": torch.float16, "cpu": torch.float32}[preference]
+    from darkroom.families import resolve_dtype
+
+    return preference, resolve_dtype(dtype, family, preference)
 
 
 @dataclass(frozen=True)
@@ -487,11 +485,6 @@ class LocalDiffusersBackend:
         self.ref, self.options = ref, options
         self.family = model_family(ref)
         self.device, self.dtype = pick_device(device, self.family, dtype)
-
-    @classmethod
-    def for_spec(cls, ref: ModelRef, g, resolve=lambda p: p) -> LocalDiffusersBackend:
-        """The backend a campaign's ``generation`` block asks for."""
-        return cls(ref, g.device, dtype=g.dtype, options=PipelineOptions.from_spec(g, resolve=resolve))
 
     @property
     def pipeline(self) -> Any:
