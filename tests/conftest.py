@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import (
+from tests.support.servers import (
     MOTO_ENV,
     ServerUnavailable,
     create_database,
@@ -176,6 +176,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
+@pytest.fixture(scope="session")
+def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny x4 upscaler pipeline, built once per session."""
+    from darkroom import upscaler
+
+    return upscaler.build_tiny_upscaler(tmp_path_factory.mktemp("upscalers") / "tiny-x4")
+
+
 @pytest.fixture
 def use_tiny_model(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point `generation.model: tiny` at the session's tiny pipeline."""
@@ -190,7 +198,7 @@ def use_tiny_model(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def mlflow_server() -> Iterator[str]:
     """Tracking URI of a throwaway ``mlflow server`` on 127.0.0.1 (SQLite backend store and
     artifact root in a temp dir), shared by the session."""
-    from tests.mlflow_server import mlflow_server as start
+    from tests.support.mlflow_server import mlflow_server as start
 
     with contextlib.ExitStack() as stack:
         yield _start(stack, start)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import airflow_env  # noqa: F401  (must precede airflow imports)
+from tests.support import airflow_env  # noqa: F401  (must precede airflow imports)
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = ROOT / "dags" / "campaigns.py"

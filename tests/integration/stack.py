@@ -26,7 +26,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import HOST, ServerUnavailable, admin_connect, free_port, moto_server, postgres_server
+from tests.support.servers import (
+    HOST,
+    ServerUnavailable,
+    admin_connect,
+    free_port,
+    moto_server,
+    postgres_server,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"

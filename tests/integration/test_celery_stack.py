@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import unavailable
 from tests.integration.stack import HOST, LocalStack, api, local_stack
-from tests.servers import ServerUnavailable
+from tests.support.servers import ServerUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 

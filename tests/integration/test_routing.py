@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import airflow_env  # noqa: F401  (must precede airflow imports)
+from tests.support import airflow_env  # noqa: F401  (must precede airflow imports)
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = ROOT / "dags" / "campaigns.py"

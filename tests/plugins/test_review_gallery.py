@@ -14,7 +14,7 @@ from darkroom.catalog import Catalog
 from darkroom.models import Asset, AssetStatus, Review
 from sqlalchemy import func, select
 
-from tests.plugins.conftest import XSS, XSS_NAME
+from tests.support.campaigns import XSS, XSS_NAME
 
 pytestmark = pytest.mark.e2e  # starts Airflow's API server
 

@@ -1,0 +1,156 @@
+"""The approval sensor and its trigger: serialization, the async event loop, the policies."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from darkroom import review  # noqa: E402
+from darkroom.catalog import Catalog  # noqa: E402
+from darkroom.models import Asset, AssetStatus, Campaign, Run, Variant  # noqa: E402
+from darkroom_operators.approval import CampaignApprovalSensor, CampaignApprovalTrigger  # noqa: E402
+
+from tests.support import airflow_env  # noqa: F401  (before any airflow import)
+
+CAMPAIGNS = Path(__file__).resolve().parents[2] / "include" / "campaigns"
+DAG_ID, RUN_ID = "campaign__summer_social", "manual__approval"
+
+
+@pytest.fixture
+def waiting_run(catalog_url):
+    """A run with three assets that passed QA and wait for people."""
+    catalog = Catalog(catalog_url)
+    with catalog.session() as s:
+        s.add(Campaign(id="summer_social", spec_hash="x", spec_path="x", spec_body={}))
+        run = Run(campaign_id="summer_social", dag_id=DAG_ID, run_id=RUN_ID, spec_hash="x", conf={}, summary={})
+        s.add(run)
+        s.flush()
+        for i in range(3):
+            s.add(Variant(id=f"v{i}", campaign_id="summer_social", product_id=f"P{i}", asset_type="t",
+                          channels=[], template_version="t", prompt="p", negative_prompt="", seed=i, params={}))
+            s.add(Asset(id=f"a{i}", variant_id=f"v{i}", run_pk=run.id, status=AssetStatus.qa_passed,
+                        model_name="m", model_version="1", scheduler="ddim", steps=1, guidance=1.0,
+                        seed=i, backend="local"))
+    return catalog
+
+
+def _trigger(catalog, *, deadline_in: float = 60, poke: float = 0.05) -> CampaignApprovalTrigger:
+    return CampaignApprovalTrigger(catalog_url=catalog.url, dag_id=DAG_ID, run_id=RUN_ID,
+                                   poke_interval=poke, deadline=time.time() + deadline_in)
+
+
+def _first_event(trigger, timeout: float = 30):
+    async def first():
+        return await asyncio.wait_for(trigger.run().__anext__(), timeout)
+
+    return asyncio.run(first())
+
+
+def test_serialize_round_trip(waiting_run):
+    trigger = _trigger(waiting_run)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "darkroom_operators.approval.CampaignApprovalTrigger"
+    assert kwargs == {"catalog_url": waiting_run.url, "dag_id": DAG_ID, "run_id": RUN_ID,
+                      "poke_interval": 0.05, "deadline": trigger.deadline}
+    from airflow.sdk._shared.module_loading import import_string
+
+    rebuilt = import_string(classpath)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+
+
+def test_fires_when_the_last_decision_arrives(waiting_run):
+    def reviewers():
+        time.sleep(0.3)  # the trigger has polled a few times with nothing decided
+        review.decide(waiting_run, "a0", "approve", "ana")
+        review.decide(waiting_run, "a1", "reject", "ben", "logo cut off")
+        time.sleep(0.2)
+        review.decide(waiting_run, "a2", "approve", "ana")
+
+    started = time.monotonic()
+    thread = threading.Thread(target=reviewers)
+    thread.start()
+    event = _first_event(_trigger(waiting_run))
+    thread.join()
+    assert event.payload == {"status": "done", "approved": 2, "rejected": 1}
+    assert time.monotonic() - started >= 0.5  # it waited for the third decision
+
+
+def test_reports_timeout_with_what_is_left(waiting_run):
+    review.decide(waiting_run, "a0", "approve", "ana")
+    event = _first_event(_trigger(waiting_run, deadline_in=-1))
+    assert event.payload == {"status": "timeout", "waiting": 2, "approved": 1, "rejected": 0}
+
+
+def test_turns_exceptions_into_an_error_event(tmp_path):
+    bad = CampaignApprovalTrigger(catalog_url="postgresql+psycopg2://nobody@127.0.0.1:1/none",
+                                  dag_id=DAG_ID, run_id=RUN_ID, poke_interval=0.05,
+                                  deadline=time.time() + 60)
+    event = _first_event(bad)
+    assert event.payload["status"] == "error" and "OperationalError" in event.payload["message"]
+
+
+def _context(spec: Path):
+    return {"dag_run": SimpleNamespace(dag_id=DAG_ID, run_id=RUN_ID), "params": {}}
+
+
+@pytest.fixture
+def sensor(tmp_path, waiting_run, monkeypatch):
+    monkeypatch.setenv("DARKROOM_CATALOG_URL", waiting_run.url)
+    for f in ("summer_social.yaml", "summer_social.products.csv"):
+        shutil.copy(CAMPAIGNS / f, tmp_path / f)
+    return CampaignApprovalSensor(task_id="await_approval", spec_path=str(tmp_path / "summer_social.yaml"))
+
+
+def test_sensor_defers_while_assets_wait(sensor):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute(_context(Path(sensor.spec_path)))
+    trigger = info.value.trigger
+    assert isinstance(trigger, CampaignApprovalTrigger)
+    assert info.value.method_name == "execute_complete"
+    assert trigger.poke_interval == 2.0  # summer_social: approval.poke_interval 2s
+    assert 2 * 86400 - 60 < trigger.deadline - time.time() <= 2 * 86400  # approval.timeout 2d
+
+
+def test_sensor_completes_without_deferring_when_all_decided(sensor, waiting_run):
+    for a in ("a0", "a1", "a2"):
+        review.decide(waiting_run, a, "approve", "ana")
+    assert sensor.execute(_context(Path(sensor.spec_path))) == {"approved": 3, "rejected": 0}
+
+
+def test_timeout_rejects_undecided_when_the_spec_says_so(sensor, waiting_run):
+    # summer_social: approval.on_timeout = reject_undecided
+    review.decide(waiting_run, "a0", "approve", "ana")
+    sensor.execute_complete(_context(Path(sensor.spec_path)),
+                            {"status": "timeout", "waiting": 2, "approved": 1, "rejected": 0})
+    with waiting_run.session() as s:
+        assert {a.id: a.status for a in s.query(Asset)} == {
+            "a0": AssetStatus.approved, "a1": AssetStatus.rejected, "a2": AssetStatus.rejected}
+        timeout_reviews = [r for a in s.query(Asset) for r in a.reviews if r.reviewer == "darkroom:timeout"]
+        assert len(timeout_reviews) == 2
+
+
+def test_timeout_fails_the_task_by_default(tmp_path, sensor):
+    spec = Path(sensor.spec_path)
+    spec.write_text(spec.read_text().replace("on_timeout: reject_undecided", "on_timeout: fail"))
+    with pytest.raises(TimeoutError, match="2 assets had no decision within 2d; set approval.on_timeout"):
+        sensor.execute_complete(_context(spec), {"status": "timeout", "waiting": 2})
+
+
+def test_error_event_fails_the_task(sensor):
+    with pytest.raises(RuntimeError, match="approval trigger failed: boom"):
+        sensor.execute_complete(_context(Path(sensor.spec_path)), {"status": "error", "message": "boom"})
+
+
+def test_extra_link_points_at_the_gallery():
+    from darkroom_operators.approval import ReviewGalleryLink
+
+    key = SimpleNamespace(dag_id=DAG_ID, run_id="manual__2026-11-20T10:00:00+00:00")
+    link = ReviewGalleryLink().get_link(None, ti_key=key)
+    assert link == "/darkroom/review/campaign__summer_social/manual__2026-11-20T10%3A00%3A00%2B00%3A00"
