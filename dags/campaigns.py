@@ -12,23 +12,20 @@ Expectations and MLflow are touched inside tasks.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, Asset, Param, task
-from darkroom.backends.routing import pool_for
-from darkroom.config import gpu_routing
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from darkroom.config import Settings
 from darkroom.errors import SpecError
+from darkroom.generation.routing import pool_for
 from darkroom.spec import LoadedSpec, load_spec, spec_files
 from darkroom_operators.approval import CampaignApprovalSensor
 from darkroom_operators.generate import GenerateImagesOperator
 from darkroom_operators.hooks import DarkroomHook
 
-CAMPAIGNS_DIR = Path(
-    os.environ.get("DARKROOM_CAMPAIGNS_DIR", Path(__file__).resolve().parents[1] / "include" / "campaigns")
-)
+SETTINGS = Settings.from_env()
+CAMPAIGNS_DIR = SETTINGS.campaigns_dir
 
 DEFAULT_ARGS = {
     "retries": 2,
@@ -38,8 +35,6 @@ DEFAULT_ARGS = {
 
 
 def _ctx(spec_path: str):
-    from airflow.sdk import get_current_context
-
     return DarkroomHook().run_context(spec_path, get_current_context())
 
 
@@ -74,55 +69,52 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         },
     ) as dag:
 
+        # Each task body is one call into a stage; the stages import the catalog and the
+        # engines, which the DAG processor never needs: imported when the task runs.
         @task
         def validate_inputs() -> dict:
-            from darkroom import stages
+            from darkroom.stages import validate
 
-            return stages.validate_inputs(_ctx(path))
+            return validate.run(_ctx(path))
 
         @task
         def expand_prompts() -> list[int]:
-            from darkroom import stages
+            from darkroom.stages import plan
 
-            return stages.expand_prompts(_ctx(path))
+            return plan.run(_ctx(path))
 
         @task
         def qa(batch: int) -> int:
-            from darkroom import stages
+            from darkroom.stages import qa as stage
 
-            stages.run_qa(_ctx(path), batch)
+            stage.run(_ctx(path), batch)
             return batch
 
         @task
         def postprocess(batch: int) -> int:
-            from darkroom import stages
+            from darkroom.stages import postprocess as stage
 
-            stages.postprocess(_ctx(path), batch)
+            stage.run(_ctx(path), batch)
             return batch
 
         @task
         def track(batches: list[int]) -> dict:
-            from darkroom import stages
+            from darkroom.stages import track as stage
 
-            return stages.track(_ctx(path))
+            return stage.run(_ctx(path))
 
         @task(outlets=[published_asset(spec.id)])
         def publish(approvals: dict) -> dict:
-            from darkroom import stages, tracking
+            from darkroom.stages import publish as stage
 
-            ctx = _ctx(path)
-            summary = stages.publish(ctx)
-            mlflow_run = tracking.find_run(ctx)
-            if mlflow_run:
-                tracking.log_publication(ctx, mlflow_run, summary, approvals)
-            return summary
+            return stage.run(_ctx(path), approvals)
 
         batches = expand_prompts()
         validate_inputs() >> batches
         # Only the GPU stage is routed (queue/pool from the spec or the deployment); QA,
         # post-processing and publishing stay on the default queue.
         # The pool may come from a routing rule (e.g. {when: {priority: high}, pool: gpu_high}).
-        routing = gpu_routing(spec.generation.queue, pool_for(spec))
+        routing = SETTINGS.gpu_routing(spec.generation.queue, pool_for(spec))
         generated = GenerateImagesOperator.partial(task_id="generate", spec_path=path, **routing).expand(
             batch=batches
         )

@@ -11,9 +11,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, BaseSensorOperator, Context
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from darkroom.spec import Approval
 from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
 
 
@@ -44,10 +46,9 @@ class CampaignApprovalTrigger(BaseTrigger):
         )
 
     def _state(self):
-        from darkroom.catalog import Catalog
-        from darkroom.stages import approval_state
+        from darkroom.catalog import Catalog, runs  # SQLAlchemy: not when the triggerer loads us
 
-        return approval_state(Catalog(self.catalog_url), self.dag_id, self.run_id)
+        return runs.approval_state(Catalog(self.catalog_url), self.dag_id, self.run_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -75,8 +76,6 @@ class ReviewGalleryLink(BaseOperatorLink):
     name = "Review gallery"
 
     def get_link(self, operator, *, ti_key) -> str:
-        from urllib.parse import quote
-
         return f"/darkroom/review/{quote(ti_key.dag_id)}/{quote(ti_key.run_id, safe='')}"
 
 
@@ -101,25 +100,24 @@ class CampaignApprovalSensor(BaseSensorOperator):
         return DarkroomHook(self.catalog_conn_id).run_context(self.spec_path, context)
 
     def poke(self, context: Context) -> bool:
-        from darkroom.stages import approval_state
+        from darkroom.catalog import runs  # the catalog: not at DAG parse time
 
         ctx = self._ctx(context)
-        state = approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
+        state = runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
         self.log.info("Approval: %d waiting, %d approved, %d rejected", state.waiting,
                       state.approved, state.rejected)
         return state.done
 
     def execute(self, context: Context) -> dict:
-        from darkroom.spec import Approval
-        from darkroom.stages import approval_state, settle_undecided
+        from darkroom.catalog import runs  # the catalog: not at DAG parse time
+        from darkroom.stages import approve
 
         ctx = self._ctx(context)
         policy = ctx.spec.approval
         if not policy.required:
-            n = settle_undecided(ctx, "approve", "darkroom:policy",
-                                 "approval.required is false in the campaign spec")
+            n = approve.when_not_required(ctx)
             self.log.info("Approval not required by the spec: recorded %d approvals", n)
-        state = approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
+        state = runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
         if state.done:
             return {"approved": state.approved, "rejected": state.rejected}
         self.log.info("%d assets wait for review; deferring (no worker slot is held)", state.waiting)
@@ -133,21 +131,12 @@ class CampaignApprovalSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        from darkroom.stages import settle_undecided
+        from darkroom.stages import approve  # the catalog: not at DAG parse time
 
         status = event.get("status")
         if status == "error":
             raise RuntimeError(f"approval trigger failed: {event.get('message')}")
         if status == "timeout":
-            ctx = self._ctx(context)
-            if ctx.spec.approval.on_timeout == "reject_undecided":
-                n = settle_undecided(ctx, "reject", "darkroom:timeout",
-                                     f"no decision within {ctx.spec.approval.timeout}")
-                self.log.warning("Approval deadline passed: rejected %d undecided assets", n)
-            else:
-                raise TimeoutError(
-                    f"{event.get('waiting')} assets had no decision within "
-                    f"{ctx.spec.approval.timeout}; set approval.on_timeout: reject_undecided "
-                    "to publish what was approved instead of failing")
+            approve.at_deadline(self._ctx(context), event.get("waiting"))
         self.log.info("Approval complete: %s", event)
         return {"approved": event.get("approved", 0), "rejected": event.get("rejected", 0)}

@@ -32,9 +32,9 @@ class GenerateImagesOperator(BaseOperator):
         self.catalog_conn_id = catalog_conn_id
 
     def execute(self, context: Context) -> int:
-        from darkroom import stages
+        from darkroom.stages import generate  # the catalog and the engines: not at DAG parse time
 
         ctx = DarkroomHook(self.catalog_conn_id).run_context(self.spec_path, context)
-        counts = stages.generate(ctx, int(self.batch))
+        counts = generate.run(ctx, int(self.batch))
         self.log.info("Batch %s done: %s", self.batch, counts)
         return int(self.batch)

@@ -97,7 +97,7 @@ def postgres_url() -> Iterator[str]:
 def _forget_engine(url: str) -> None:
     """Dispose the engine darkroom.catalog cached for ``url``: each test has its own
     database, and pooled connections to dropped databases must not pile up."""
-    from darkroom import catalog
+    from darkroom.catalog import db as catalog
 
     engine = catalog._engines.pop(url, None)
     if engine is not None:
@@ -171,7 +171,7 @@ def bucket(s3_client) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny pipeline, built once per session (the same code `make demo` runs)."""
-    from darkroom.tiny_model import build_tiny_pipeline
+    from darkroom.devtools.tiny_model import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
 
@@ -179,9 +179,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny x4 upscaler pipeline, built once per session."""
-    from darkroom import upscaler
+    from darkroom.devtools.tiny_upscaler import build_tiny_upscaler
 
-    return upscaler.build_tiny_upscaler(tmp_path_factory.mktemp("upscalers") / "tiny-x4")
+    return build_tiny_upscaler(tmp_path_factory.mktemp("upscalers") / "tiny-x4")
 
 
 @pytest.fixture

@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageCms, ImageDraw, ImageOps
+from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps
 
 from darkroom import imaging
-
-BRAND_DIR = imaging.BRAND_DIR
+from darkroom.config import BRAND_DIR
+from darkroom.errors import ModelError
+from darkroom.upscaler import free_device_memory, resolve_upscaler
+from darkroom.upscaler import load as load_upscaler
 
 # The inference layer registers its upscaler here: name -> callable(image, long_side) -> image.
 # postprocess uses the entry named "default" when a channel sets `upscale_to`.
@@ -74,7 +76,9 @@ class Upscaled:
 
 
 @dataclass(frozen=True)
-class Derivative:
+class Rendered:
+    """One channel's derivative as :func:`render` made it: the encoded file and its shape."""
+
     channel: str
     data: bytes
     width: int
@@ -215,8 +219,6 @@ def overlay_text(img: Image.Image, text_cfg, locale: str | None = None) -> Image
     if not path.is_file():
         raise RecipeError(f"font {path} does not exist; fix `channels.<name>.text.font` "
                           "(relative paths are under include/brand/)")
-    from PIL import ImageFont
-
     fnt = ImageFont.truetype(str(path), max(6, round(img.height * text_cfg.size)))
     base = img.convert("RGBA")
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -236,7 +238,7 @@ def overlay_text(img: Image.Image, text_cfg, locale: str | None = None) -> Image
 
 def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Provenance, *,
            locale: str | None = None, upscaler: str = "default",
-           upscaled: Image.Image | None = None, model_upscaler: str | None = None) -> Derivative:
+           upscaled: Image.Image | None = None, model_upscaler: str | None = None) -> Rendered:
     """Apply one channel's recipe to a decoded original; return the encoded derivative.
 
     ``upscaled`` (made by the model upscaler named ``model_upscaler``) is the original already
@@ -280,11 +282,11 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
         **({"upscaled": {"by": upscaled_by, "to": channel.upscale_to}} if upscaled_by else {})})
     data = imaging.encode(out, channel.format, prov, channel.quality,
                           icc_profile=SRGB_ICC if channel.srgb else None)
-    return Derivative(channel_name, data, out.width, out.height, channel.format, channel.extension)
+    return Rendered(channel_name, data, out.width, out.height, channel.format, channel.extension)
 
 
 def render_all(original: bytes, channels: dict, *, locale: str | None = None,
-               upscaled: Upscaled | None = None) -> list[Derivative]:
+               upscaled: Upscaled | None = None) -> list[Rendered]:
     """Decode an original once and render each channel ({name: Channel}). Picklable in and out,
     so a process pool can run it; the provenance comes from the original's own chunks.
     ``upscaled``: the model upscaler's output for this original (:func:`model_upscaled`)."""
@@ -319,8 +321,6 @@ def upscale_original(original: bytes, long_side: int, model) -> Upscaled:
     """Upscale an original with a loaded model upscaler (darkroom.upscaler.ModelUpscaler) to
     ``long_side``, prompted with the asset's own prompt. A failure on this one image (out of
     memory, say) comes back as ``Upscaled.error``: that asset fails, the batch goes on."""
-    from darkroom.upscaler import free_device_memory
-
     prov = imaging.read_provenance(original)
     prompt, negative = prompts_from_infotext(prov.parameters) if prov else ("", "")
     try:
@@ -355,8 +355,6 @@ def model_upscaled(jobs, model: str | None):
 
 
 def _model_upscaled(jobs, model: str):
-    from darkroom import upscaler
-
     loaded = None
     for tag, args, kwargs in jobs:
         original, channels = args[0], args[1]
@@ -368,7 +366,7 @@ def _model_upscaled(jobs, model: str):
             except Exception:  # a broken file: render_all reports it as this asset's failure
                 size = None
             if size is not None and max(size) < target:
-                loaded = loaded or upscaler.load(model)
+                loaded = loaded or load_upscaler(model)
                 kwargs = {**kwargs, "upscaled": upscale_original(original, target, loaded)}
         yield tag, args, kwargs
 
@@ -380,11 +378,8 @@ def check_recipes(channels: dict, upscaler: str = "default", *,
     channel sets ``upscale_to``."""
     problems = []
     if model_upscaler is not None and any(ch.upscale_to for ch in channels.values()):
-        from darkroom import upscaler as ups
-        from darkroom.errors import ModelError
-
         try:
-            ups.resolve(model_upscaler)
+            resolve_upscaler(model_upscaler)
         except ModelError as exc:
             problems.append(str(exc))
     for name, ch in channels.items():

@@ -9,29 +9,18 @@ not a dimension: every channel is a derivative cut from the same generated image
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cached_property
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2 import TemplateError, UndefinedError
+from jinja2.sandbox import SecurityError
 
 from darkroom.errors import PolicyError
-from darkroom.spec import PROMPT_PIECES, LoadedSpec
-
-
-@cache
-def template_environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True)
-
-
-def short_hash(*parts: object, length: int = 16) -> str:
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+from darkroom.ids import short_hash
+from darkroom.spec import PROMPT_PIECES, LoadedSpec, template_environment
 
 
 def template_version(loaded: LoadedSpec) -> str:

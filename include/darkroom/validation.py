@@ -17,8 +17,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from darkroom.config import PROJECT_ROOT
 from darkroom.errors import ValidationFailed
 from darkroom.spec import LoadedSpec
+from darkroom.storage import S3Storage
 
 log = logging.getLogger("darkroom")
 SAMPLE_ROWS = 5
@@ -97,8 +99,6 @@ def _plain(v):
 
 
 def suite_path(loaded: LoadedSpec, name: str) -> Path:
-    from darkroom.config import PROJECT_ROOT
-
     path = loaded.resolve(name)
     if not path.is_file():
         path = PROJECT_ROOT / "include" / "expectations" / name
@@ -150,8 +150,6 @@ def _reference_exists(value: str, loaded: LoadedSpec, s3_client_factory) -> str 
     """None when the reference image exists, else why not."""
     try:
         if value.startswith("s3://"):
-            from darkroom.storage import S3Storage
-
             client = s3_client_factory() if s3_client_factory else None
             found = S3Storage(S3Storage.split(value)[0], client=client).stat(value)
             return None if found else "no such object"
@@ -189,6 +187,7 @@ def check_reference_images(loaded: LoadedSpec, df, s3_client_factory=None) -> di
 
 
 def _quiet_context():
+    # Great Expectations takes seconds to import: only the validate_inputs task pays for it.
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -202,7 +201,7 @@ def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None) -> Vali
     """Run the suite (plus the reference-image check) on the product frame."""
     # GX logs its own registration chatter at INFO on import: not what a task log is for.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations as gx
+    import great_expectations as gx  # seconds to import, as in _quiet_context
     from great_expectations.expectations.registry import get_expectation_impl
 
     # GX, ephemeral: nothing is written to disk, nothing is read from a project folder.

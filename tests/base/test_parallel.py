@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from darkroom import imaging
+from darkroom import parallel
 
 ENTRY = '''
 import sys
@@ -16,10 +16,10 @@ if __name__ != "__main__":
     # What the `airflow` CLI does, in effect, when a task's child re-runs it: it cannot start.
     raise SystemExit("re-ran the parent's __main__")
 import contextlib
-from darkroom import imaging
+from darkroom import parallel
 if "--unprotected" in sys.argv:
-    imaging._main_not_rerun = contextlib.nullcontext
-out = list(imaging.process_map(abs, ((i, (-i,), {}) for i in range(6)), workers=2))
+    parallel._main_not_rerun = contextlib.nullcontext
+out = list(parallel.process_map(abs, ((i, (-i,), {}) for i in range(6)), workers=2))
 bad = [r for _, r in out if isinstance(r, BaseException)]
 print("results", [r for _, r in out if not isinstance(r, BaseException)], "errors", len(bad))
 sys.exit(1 if bad else 0)
@@ -58,7 +58,7 @@ def test_process_map_keeps_order_bounds_memory_and_yields_errors(workers):
             yield i, (i,), {}
 
     out = []
-    for tag, res in imaging.process_map(_square, jobs(), workers=workers, inflight=3):
+    for tag, res in parallel.process_map(_square, jobs(), workers=workers, inflight=3):
         out.append((tag, res))
         assert len(consumed) - len(out) <= 3  # never more than `inflight` jobs read ahead
     assert [t for t, _ in out] == list(range(8))

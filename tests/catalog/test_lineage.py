@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 from darkroom.catalog import Catalog
-from darkroom.lineage import search
-from darkroom.models import Asset, AssetLora, Campaign, QAResult, Review, Run, Variant
+from darkroom.catalog.lineage import search
+from darkroom.catalog.tables import Asset, AssetLora, Campaign, QAResult, Review, Run, Variant
 from sqlalchemy import inspect
 
 

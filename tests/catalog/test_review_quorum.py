@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from darkroom import review
-from darkroom.catalog import Catalog
-from darkroom.models import Asset, AssetStatus, Campaign, QAResult, Run, Variant
+from darkroom.catalog import Catalog, reviews
+from darkroom.catalog.tables import Asset, AssetStatus, Campaign, QAResult, Run, Variant
 
 
 @pytest.fixture
@@ -33,38 +32,38 @@ def _status(catalog) -> str:
 
 
 def test_two_distinct_approvals_are_needed(asset):
-    review.decide(asset, "a", "approve", "ana")
+    reviews.decide(asset, "a", "approve", "ana")
     assert _status(asset) == AssetStatus.needs_review  # still waiting, as QA left it
-    review.decide(asset, "a", "approve", "ana", "again")  # the same person twice is one vote
+    reviews.decide(asset, "a", "approve", "ana", "again")  # the same person twice is one vote
     assert _status(asset) == AssetStatus.needs_review
-    review.decide(asset, "a", "approve", "ben")
+    reviews.decide(asset, "a", "approve", "ben")
     assert _status(asset) == AssetStatus.approved
 
 
 def test_any_rejection_rejects_until_that_reviewer_changes_their_mind(asset):
-    review.decide(asset, "a", "approve", "ana")
-    review.decide(asset, "a", "reject", "ben", "logo cut off")
+    reviews.decide(asset, "a", "approve", "ana")
+    reviews.decide(asset, "a", "reject", "ben", "logo cut off")
     assert _status(asset) == AssetStatus.rejected
-    review.decide(asset, "a", "approve", "cy")  # two approvals, but ben still rejects
+    reviews.decide(asset, "a", "approve", "cy")  # two approvals, but ben still rejects
     assert _status(asset) == AssetStatus.rejected
-    review.decide(asset, "a", "approve", "ben", "fixed in the crop")
+    reviews.decide(asset, "a", "approve", "ben", "fixed in the crop")
     assert _status(asset) == AssetStatus.approved
 
 
 def test_withdrawn_rejection_goes_back_to_waiting(asset):
-    review.decide(asset, "a", "reject", "ana")
-    review.decide(asset, "a", "approve", "ana")
+    reviews.decide(asset, "a", "reject", "ana")
+    reviews.decide(asset, "a", "approve", "ana")
     assert _status(asset) == AssetStatus.needs_review  # one approval of two, QA outcome back
 
 
 def test_policy_decisions_are_final(asset):
-    review.decide(asset, "a", "reject", "darkroom:timeout", "no decision within 2d", quorum=1)
+    reviews.decide(asset, "a", "reject", "darkroom:timeout", "no decision within 2d", quorum=1)
     assert _status(asset) == AssetStatus.rejected
 
 
 def test_quorum_one_keeps_newest_wins(asset):
     with asset.session() as s:
         s.get(Campaign, "c").spec_body = {"approval": {"quorum": 1}}
-    review.decide(asset, "a", "reject", "ana")
-    review.decide(asset, "a", "approve", "ben")
+    reviews.decide(asset, "a", "reject", "ana")
+    reviews.decide(asset, "a", "approve", "ben")
     assert _status(asset) == AssetStatus.approved

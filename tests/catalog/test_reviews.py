@@ -9,9 +9,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from darkroom import review
-from darkroom.catalog import Catalog
-from darkroom.models import Asset, AssetStatus, Campaign, Review, Run, Variant
+from darkroom.catalog import Catalog, reviews, runs
+from darkroom.catalog.tables import Asset, AssetStatus, Campaign, Review, Run, Variant
 from sqlalchemy import select
 
 
@@ -35,9 +34,9 @@ def _seed(catalog: Catalog, n: int = 3, status: str = AssetStatus.qa_passed) -> 
 def test_each_decision_is_a_row_and_the_newest_wins(catalog_url):
     cat = Catalog(catalog_url)
     a, *_ = _seed(cat)
-    review.decide(cat, a, "approve", "ann", "ok")
-    review.decide(cat, a, "reject", "bob", "logo cut off")
-    shown = review.show(cat, a)
+    reviews.decide(cat, a, "approve", "ann", "ok")
+    reviews.decide(cat, a, "reject", "bob", "logo cut off")
+    shown = reviews.show(cat, a)
     assert [(r["decision"], r["reviewer"], r["note"]) for r in shown["reviews"]] == [
         ("approved", "ann", "ok"), ("rejected", "bob", "logo cut off")]
     assert shown["status"] == AssetStatus.rejected and shown["review"]["reviewer"] == "bob"
@@ -47,9 +46,9 @@ def test_each_decision_is_a_row_and_the_newest_wins(catalog_url):
 def test_decision_on_an_asset_that_moved_on_is_refused(catalog_url, status):
     cat = Catalog(catalog_url)
     a, *_ = _seed(cat, 1, status)
-    with pytest.raises(review.AssetMovedOn, match=str(status)):
-        review.decide(cat, a, "approve", "ann")
-    assert review.show(cat, a)["reviews"] == []
+    with pytest.raises(reviews.AssetMovedOn, match=str(status)):
+        reviews.decide(cat, a, "approve", "ann")
+    assert reviews.show(cat, a)["reviews"] == []
 
 
 def test_decision_on_a_superseded_asset_is_refused(catalog_url):
@@ -57,21 +56,21 @@ def test_decision_on_a_superseded_asset_is_refused(catalog_url):
     a, b, _ = _seed(cat)
     with cat.session() as s:
         s.get(Asset, b).supersedes_id = a
-    with pytest.raises(review.AssetMovedOn, match=f"superseded by {b}"):
-        review.decide(cat, a, "approve", "ann")
+    with pytest.raises(reviews.AssetMovedOn, match=f"superseded by {b}"):
+        reviews.decide(cat, a, "approve", "ann")
 
 
 @pytest.mark.parametrize("args, error", [
-    (("a0", "maybe", "ann"), review.BadDecision),
-    (("a0", "approve", ""), review.BadDecision),
-    (("a0", "approve", "ann", "x" * (review.MAX_NOTE + 1)), review.BadDecision),
-    (("nope", "approve", "ann"), review.AssetNotFound),
+    (("a0", "maybe", "ann"), reviews.BadDecision),
+    (("a0", "approve", ""), reviews.BadDecision),
+    (("a0", "approve", "ann", "x" * (reviews.MAX_NOTE + 1)), reviews.BadDecision),
+    (("nope", "approve", "ann"), reviews.AssetNotFound),
 ], ids=["bad-word", "no-reviewer", "long-note", "unknown-asset"])
 def test_bad_requests_are_refused(catalog_url, args, error):
     cat = Catalog(catalog_url)
     _seed(cat, 1)
     with pytest.raises(error):
-        review.decide(cat, *args)
+        reviews.decide(cat, *args)
 
 
 def test_concurrent_decisions_are_all_kept_and_status_follows_the_newest(catalog_url):
@@ -84,7 +83,7 @@ def test_concurrent_decisions_are_all_kept_and_status_follows_the_newest(catalog
     def one(asset_id: str, i: int) -> None:
         try:
             barrier.wait(timeout=30)
-            review.decide(cat, asset_id, "approve" if i % 2 else "reject", f"r{i}", f"note {i}")
+            reviews.decide(cat, asset_id, "approve" if i % 2 else "reject", f"r{i}", f"note {i}")
         except BaseException as exc:  # collected: a thread's exception is otherwise lost
             errors.append(exc)
 
@@ -105,17 +104,17 @@ def test_concurrent_decisions_are_all_kept_and_status_follows_the_newest(catalog
 def test_run_assets_filters_and_file_uri_only_returns_catalog_uris(catalog_url):
     cat = Catalog(catalog_url)
     a, b, _ = _seed(cat)
-    review.decide(cat, a, "approve", "ann")
-    run = review.find_run(cat, "campaign__c", "r1")
-    assert [r["asset_id"] for r in review.run_assets(cat, run, status="approved")] == [a]
-    assert review.run_assets(cat, run, channel="print") == []
-    assert len(review.run_assets(cat, run, channel="web")) == 3
-    assert review.file_uri(cat, b, "original") == "file:///a1.png"
-    with pytest.raises(review.AssetNotFound):
-        review.file_uri(cat, b, "../../etc/passwd")
-    assert review.asset_run(cat, b).dag_id == "campaign__c"
-    assert review.runs(cat, {"other"}) == []
-    assert review.runs(cat)[0]["waiting"] == 2
+    reviews.decide(cat, a, "approve", "ann")
+    run = runs.find_run(cat, "campaign__c", "r1")
+    assert [r["asset_id"] for r in reviews.run_assets(cat, run, status="approved")] == [a]
+    assert reviews.run_assets(cat, run, channel="print") == []
+    assert len(reviews.run_assets(cat, run, channel="web")) == 3
+    assert reviews.file_uri(cat, b, "original") == "file:///a1.png"
+    with pytest.raises(reviews.AssetNotFound):
+        reviews.file_uri(cat, b, "../../etc/passwd")
+    assert reviews.asset_run(cat, b).dag_id == "campaign__c"
+    assert runs.recent_runs(cat, {"other"}) == []
+    assert runs.recent_runs(cat)[0]["waiting"] == 2
 
 
 @pytest.mark.postgres
@@ -131,8 +130,8 @@ def test_a_decision_waits_for_the_asset_to_settle(catalog_url):
 
     def reviewer() -> None:
         try:
-            outcome.append(review.decide(cat, a, "reject", "bob"))
-        except review.ReviewError as exc:
+            outcome.append(reviews.decide(cat, a, "reject", "bob"))
+        except reviews.ReviewError as exc:
             outcome.append(exc)
 
     with cat.session() as s:  # the publish task, mid-transaction
@@ -143,7 +142,7 @@ def test_a_decision_waits_for_the_asset_to_settle(catalog_url):
         assert t.is_alive(), "the decision did not wait for the asset row"
         asset.status = AssetStatus.published
     t.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], review.AssetMovedOn), outcome
+    assert len(outcome) == 1 and isinstance(outcome[0], reviews.AssetMovedOn), outcome
     with cat.session() as s:
         assert s.get(Asset, a).status == AssetStatus.published
         assert s.scalars(select(Review).where(Review.asset_id == a)).all() == []
@@ -158,7 +157,7 @@ def test_cli_review_show_prints_the_audit_log(tmp_path, darkroom_home):
     url = f"sqlite:///{darkroom_home / 'catalog.db'}"
     cat = Catalog(url)
     a, *_ = _seed(cat, 1)
-    review.decide(cat, a, "approve", "ann", "[red]markup stays text[/]")
+    reviews.decide(cat, a, "approve", "ann", "[red]markup stays text[/]")
     darkroom = str(Path(sys.executable).with_name("darkroom"))
     env = {"DARKROOM_HOME": str(darkroom_home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
     out = subprocess.run([darkroom, "review", "show", a], env=env, capture_output=True, text=True, timeout=120)

@@ -2,7 +2,7 @@
 
 Covers the Alembic migrations (create, idempotent, reversible, identical to the models),
 a full campaign -> publication chain, the unique and foreign-key constraints, and the
-review rules in darkroom.review.
+review rules in darkroom.catalog.reviews.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from darkroom.catalog import Catalog, alembic_config, engine_for, migrate
-from darkroom.errors import ReviewError
-from darkroom.models import (
+from darkroom.catalog.db import Catalog, alembic_config, engine_for, migrate
+from darkroom.catalog.reviews import decide, waiting
+from darkroom.catalog.tables import (
     Asset,
     AssetStatus,
     Base,
@@ -31,7 +31,7 @@ from darkroom.models import (
     ValidationResult,
     Variant,
 )
-from darkroom.review import decide, waiting
+from darkroom.errors import ReviewError
 from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session

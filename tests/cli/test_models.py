@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from darkroom.cli import app
-from darkroom.tiny_model import build_tiny_pipeline
+from darkroom.devtools.tiny_model import build_tiny_pipeline
+from darkroom_cli.app import app
 from typer.testing import CliRunner
 
 

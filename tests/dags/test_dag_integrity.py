@@ -123,7 +123,7 @@ def test_parsing_does_no_expensive_work():
         import sys, runpy
         runpy.run_path({str(DAG_FILE)!r})
         heavy = [m for m in ("torch", "diffusers", "great_expectations", "mlflow",
-                             "darkroom.catalog", "darkroom.inference") if m in sys.modules]
+                             "darkroom.catalog", "darkroom.generation.local") if m in sys.modules]
         print(",".join(heavy))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -7,7 +7,7 @@ import torch
 
 
 def test_full_size_configs_are_the_published_architectures():
-    from darkroom import full_size
+    from darkroom.devtools import full_size
 
     counts = {}
     for arch in full_size.ARCHS:
@@ -28,7 +28,7 @@ def test_full_size_configs_are_the_published_architectures():
 
 
 def test_bench_refuses_an_unknown_arch():
-    from darkroom.cli import app
+    from darkroom_cli.app import app
     from typer.testing import CliRunner
 
     res = CliRunner().invoke(app, ["bench", "generate", "--arch", "sd2"])

@@ -15,7 +15,7 @@ import torch
 
 # peft is a pinned dependency (diffusers' LoRA loading needs it), so no importorskip: a
 # missing peft must fail here, as it would fail production LoRA loading.
-from darkroom.tiny_adapters import (
+from darkroom.devtools.tiny_adapters import (
     IMAGE_ENCODER_FOLDER,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT_NAME,

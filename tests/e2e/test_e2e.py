@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from darkroom import imaging
 from darkroom.catalog import Catalog
-from darkroom.models import Asset, AssetStatus, Publication, QAResult, Review, Run
+from darkroom.catalog.tables import Asset, AssetStatus, Publication, QAResult, Review, Run
 from sqlalchemy import select
 
 pytestmark = pytest.mark.e2e

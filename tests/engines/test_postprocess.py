@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 from darkroom import imaging, postprocess
+from darkroom.config import BRAND_DIR
 from darkroom.spec import Channel
 from PIL import Image, ImageCms, ImageDraw
 
@@ -18,7 +19,7 @@ def original(size=(96, 64)) -> bytes:
     return imaging.encode(good_image(3, size), "png", provenance(size=size))
 
 
-def render(ch: Channel, size=(96, 64), locale=None) -> tuple[postprocess.Derivative, Image.Image]:
+def render(ch: Channel, size=(96, 64), locale=None) -> tuple[postprocess.Rendered, Image.Image]:
     (d,) = postprocess.render_all(original(size), {"web": ch}, locale=locale)
     img = Image.open(io.BytesIO(d.data))
     img.load()
@@ -108,8 +109,8 @@ def test_localized_text_overlay_uses_the_shipped_font():
     changed = np.abs(np.asarray(plain, dtype=int) - np.asarray(en, dtype=int)).sum(axis=2) > 30
     rows = np.nonzero(changed.any(axis=1))[0]
     assert rows.max() < 160 // 2  # drawn in the top half
-    assert (postprocess.BRAND_DIR / "fonts" / "DejaVuSans.ttf").is_file()
-    assert (postprocess.BRAND_DIR / "fonts" / "DejaVuSans-LICENSE.txt").is_file()
+    assert (BRAND_DIR / "fonts" / "DejaVuSans.ttf").is_file()
+    assert (BRAND_DIR / "fonts" / "DejaVuSans-LICENSE.txt").is_file()
 
 
 def test_text_overlay_needs_text_for_its_default_locale():

@@ -7,8 +7,9 @@ import uuid
 
 import pandas as pd
 import pytest
+from darkroom.config import Settings
 from darkroom.errors import SpecError, ValidationFailed
-from darkroom.products import frame_to_rows, load_products_frame, sql_url_from_env
+from darkroom.products import frame_to_rows, load_products_frame, sql_url
 from darkroom.spec import load_spec
 from sqlalchemy import create_engine, text
 
@@ -96,7 +97,7 @@ def test_missing_connection_names_the_fix(tmp_path, monkeypatch):
 
 def test_airflow_style_uri_becomes_sqlalchemy_url(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SHOP", "postgres://u:p@db:5432/shop")
-    assert sql_url_from_env("shop") == "postgresql://u:p@db:5432/shop"
+    assert sql_url("shop", Settings.from_env()) == "postgresql://u:p@db:5432/shop"
 
 
 @pytest.mark.parametrize("products,message", [

@@ -257,7 +257,9 @@ def test_unknown_check_names_the_known_ones():
 def test_example_rubrics_pass_the_tiny_models_noise(campaign, use_tiny_model):
     """The demo and e2e runs depend on it: noise from the tiny model is sharp, exposed and
     contrasty enough, and its different seeds are far from near-duplicates (20+ bits)."""
-    from darkroom.inference import LocalDiffusersBackend, Request, resolve_model
+    from darkroom.generation.local import LocalDiffusersBackend
+    from darkroom.generation.resolve import resolve_model
+    from darkroom.generation.types import Request
     from darkroom.spec import load_spec
 
     spec = load_spec(CAMPAIGNS / f"{campaign}.yaml").spec

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from darkroom import imaging, postprocess, upscaler
 from darkroom.errors import ModelError
-from darkroom.inference import local_model_digest
+from darkroom.generation.models import local_model_digest
 from darkroom.spec import Channel
 from PIL import Image
 
@@ -58,13 +58,13 @@ def test_an_unusable_upscaler_is_refused_naming_the_field(tiny_upscaler, tiny_mo
     missing = tmp_path / "nope"
     with pytest.raises(ModelError, match=re.escape(f"generation.upscaler = '{missing}': {missing} does not "
                                                    "exist") + ".*; fix: point generation.upscaler at"):
-        upscaler.resolve(str(missing))
+        upscaler.resolve_upscaler(str(missing))
     with pytest.raises(ModelError, match="is a StableDiffusionPipeline, not an upscaler pipeline "
                                          r"\(supported: StableDiffusionUpscalePipeline\)"):
         upscaler.load(str(tiny_model))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="has no model_index.json, so it is not a diffusers pipeline"):
-        upscaler.resolve(str(tmp_path / "empty"))
+        upscaler.resolve_upscaler(str(tmp_path / "empty"))
     # The postprocess task fails before rendering anything, naming the field.
     ch = Channel(width=300, height=200, upscale_to=2048)
     with pytest.raises(postprocess.RecipeError, match=re.escape(f"generation.upscaler = '{tiny_model}' is a "

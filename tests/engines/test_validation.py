@@ -69,7 +69,8 @@ def test_reference_images_local_and_s3(tmp_path, s3_client, bucket):
 
 
 def test_no_great_expectations_import_at_parse_time():
-    code = ("import sys; from darkroom.spec import load_spec; import darkroom.stages, darkroom.prompts, "
+    code = ("import sys; from darkroom.spec import load_spec; import darkroom.stages.validate, "
+            "darkroom.stages.plan, darkroom.stages.generate, darkroom.stages.qa, darkroom.prompts, "
             "darkroom.products, darkroom.validation; "
             f"load_spec({str(ROOT / 'include/campaigns/spring_tiles.yaml')!r}); "
             "assert 'great_expectations' not in sys.modules, 'GX imported at parse time'")

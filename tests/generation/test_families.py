@@ -1,6 +1,5 @@
 """The model families: tiny offline pipelines of each (sd, sdxl, sd3, flux), the family
-helpers that drive them (darkroom.families), and the full-size benchmark architectures
-(darkroom.full_size), whose parameter counts are checked without materialising weights."""
+helpers that drive them (darkroom.generation.families)."""
 
 from __future__ import annotations
 
@@ -9,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from darkroom import families
+from darkroom.devtools.tiny_model import ARCHS, build_tiny_pipeline
 from darkroom.errors import ModelError
-from darkroom.families import default_dtype, family_of, pipeline_kwargs, seeded_latents
-from darkroom.tiny_model import ARCHS, build_tiny_pipeline
+from darkroom.generation import families
+from darkroom.generation.families import default_dtype, family_of, pipeline_kwargs
+from darkroom.generation.local import seeded_latents, torch_dtype
 
 CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
            "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
@@ -103,7 +103,7 @@ def test_unknown_arch_is_refused(tmp_path):
 
 
 def test_build_tiny_cli_writes_non_sd_families_beside_the_sd_one(darkroom_home):
-    from darkroom.cli import app
+    from darkroom_cli.app import app
     from typer.testing import CliRunner
 
     runner = CliRunner()
@@ -170,9 +170,9 @@ def test_default_dtype_table():
         table[("mps", family)] = torch.float16
         table[("cpu", family)] = torch.float32
     for (device, family), dtype in table.items():
-        assert default_dtype(family, device) is dtype, (device, family)
-    assert default_dtype("flux", "cuda:1") is torch.bfloat16
-    assert default_dtype("sdxl", torch.device("cpu")) is torch.float32
+        assert torch_dtype(default_dtype(family, device)) is dtype, (device, family)
+    assert torch_dtype(default_dtype("flux", "cuda:1")) is torch.bfloat16
+    assert torch_dtype(default_dtype("sdxl", torch.device("cpu"))) is torch.float32
     with pytest.raises(ValueError, match="device='xla'.*cuda, mps or cpu"):
         default_dtype("sd", "xla")
     with pytest.raises(ValueError, match="family='kandinsky'"):
@@ -180,12 +180,13 @@ def test_default_dtype_table():
 
 
 def test_parse_dtype():
-    assert families.parse_dtype("float16") is torch.float16
-    assert families.parse_dtype("bfloat16") is torch.bfloat16
-    assert families.parse_dtype("float32") is torch.float32
+    assert torch_dtype(families.parse_dtype("float16")) is torch.float16
+    assert torch_dtype(families.parse_dtype("bfloat16")) is torch.bfloat16
+    assert torch_dtype(families.parse_dtype("float32")) is torch.float32
+    assert families.parse_dtype("fp16") == "float16"
     assert families.parse_dtype("auto") is None
-    assert families.resolve_dtype("auto", "flux", "cuda") is torch.bfloat16
-    assert families.resolve_dtype("float32", "flux", "cuda") is torch.float32
+    assert torch_dtype(families.resolve_dtype("auto", "flux", "cuda")) is torch.bfloat16
+    assert torch_dtype(families.resolve_dtype("float32", "flux", "cuda")) is torch.float32
     with pytest.raises(ValueError, match="dtype 'float8'.*auto, float16, bfloat16 or float32"):
         families.parse_dtype("float8")
 
@@ -219,7 +220,10 @@ def test_the_local_backend_drives_each_family_batch_invariantly(arch, built):
     the family is read from model_index.json, SD3/Flux keep their flow-matching scheduler,
     and at a fixed pass size a variant's pixels do not depend on its batch, bit for bit."""
     from darkroom.config import Settings
-    from darkroom.inference import LocalDiffusersBackend, Request, model_family, resolve_model
+    from darkroom.generation.local import LocalDiffusersBackend
+    from darkroom.generation.models import model_family
+    from darkroom.generation.resolve import resolve_model
+    from darkroom.generation.types import Request
 
     ref = resolve_model(str(built[arch]), None, Settings.from_env())
     assert model_family(ref) == arch

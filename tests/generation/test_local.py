@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 from darkroom.config import Settings
 from darkroom.errors import ModelError
-from darkroom.inference import (
-    LocalDiffusersBackend,
-    Request,
-    generate_halving,
-    load_pipeline,
-    resolve_model,
-)
+from darkroom.generation.local import LocalDiffusersBackend, load_pipeline
+from darkroom.generation.passes import generate_halving
+from darkroom.generation.resolve import resolve_model
+from darkroom.generation.types import Request
 
 
 def _pixels(img) -> str:
@@ -155,7 +152,7 @@ def test_model_digest_is_kept_on_disk_and_follows_changes(tiny_model, tmp_path):
     import subprocess
     import sys
 
-    from darkroom.inference import local_model_digest
+    from darkroom.generation.models import local_model_digest
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
@@ -164,7 +161,7 @@ def test_model_digest_is_kept_on_disk_and_follows_changes(tiny_model, tmp_path):
     assert json.loads(cache.read_text())[str(model.resolve())]["digest"] == first
     # Another process: served from the cache, same answer.
     out = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                          "from darkroom.inference import local_model_digest as d; "
+                          "from darkroom.generation.models import local_model_digest as d; "
                           f"print(d(Path({str(model)!r})))"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == first
     # Changed weights change the signature, so the digest is computed again.

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 from darkroom.config import Settings
-from darkroom.inference import LocalDiffusersBackend, PipelineOptions, Request, pick_device, resolve_model
+from darkroom.generation.local import LocalDiffusersBackend, pick_device
+from darkroom.generation.models import PipelineOptions
+from darkroom.generation.resolve import resolve_model
+from darkroom.generation.types import Request
 from darkroom.spec import Generation
 
 

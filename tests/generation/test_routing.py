@@ -4,11 +4,11 @@ and the generate stage records per-variant backends and failure reasons."""
 from __future__ import annotations
 
 import pytest
-from darkroom import stages
-from darkroom.backends.routing import backend_for, matches, pool_for
+from darkroom.catalog.tables import Asset, AssetStatus, Variant
 from darkroom.config import Settings
-from darkroom.models import Asset, AssetStatus, Variant
+from darkroom.generation.routing import backend_for, matches, pool_for
 from darkroom.spec import CampaignSpec, Generation
+from darkroom.stages import generate, plan, validate
 from pydantic import ValidationError
 from sqlalchemy import select
 
@@ -81,13 +81,13 @@ def test_generate_routes_per_variant_and_records_reasons(tmp_path, monkeypatch):
         d["products"]["required_columns"] = ["sku", "name"]
 
     spec = _spec(tmp_path, mutate, rows=ROWS)
-    settings = Settings.from_env(catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}")
     with fake_stability() as (url, calls):
         monkeypatch.setenv("DARKROOM_STABILITY_API_KEY", API_KEY)
         monkeypatch.setenv("DARKROOM_STABILITY_BASE_URL", url)
+        settings = Settings.from_env(catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}")  # reads both
         ctx = _ctx(spec, settings)
-        stages.validate_inputs(ctx)
-        counts = [stages.generate(ctx, b) for b in stages.expand_prompts(ctx)]
+        validate.run(ctx)
+        counts = [generate.run(ctx, b) for b in plan.run(ctx)]
     assert sum(c["generated"] for c in counts) == 2 and sum(c["failed"] for c in counts) == 1
     with ctx.catalog.session() as s:
         rows = s.execute(select(Variant.product_id, Asset.backend, Asset.status, Asset.failure_reason)

@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from darkroom.backends import BackendUnavailable, InvalidRequest, make_backend
-from darkroom.backends.http import HttpBackend
 from darkroom.config import Settings
-from darkroom.inference import LocalDiffusersBackend, Request, resolve_model
+from darkroom.generation.http import HttpBackend
+from darkroom.generation.local import LocalDiffusersBackend
+from darkroom.generation.resolve import resolve_model
+from darkroom.generation.routing import make_backend
+from darkroom.generation.types import BackendUnavailable, InvalidRequest, Request
 
 DARKROOM = Path(sys.executable).with_name("darkroom")
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from darkroom.backends import InvalidRequest
-from darkroom.backends.stability import StabilityBackend, aspect_ratio
-from darkroom.inference import Request
+from darkroom.generation.stability import StabilityBackend, aspect_ratio
+from darkroom.generation.types import InvalidRequest, Request
 
 from tests.support.stability_fake import API_KEY, fake_stability
 

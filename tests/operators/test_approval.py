@@ -10,9 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from darkroom import review  # noqa: E402
 from darkroom.catalog import Catalog  # noqa: E402
-from darkroom.models import Asset, AssetStatus, Campaign, Run, Variant  # noqa: E402
+from darkroom.catalog import reviews as review  # noqa: E402
+from darkroom.catalog.tables import Asset, AssetStatus, Campaign, Run, Variant  # noqa: E402
 from darkroom_operators.approval import CampaignApprovalSensor, CampaignApprovalTrigger  # noqa: E402
 
 from tests.support import airflow_env  # noqa: F401  (before any airflow import)

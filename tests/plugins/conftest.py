@@ -42,7 +42,7 @@ class Filled:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from darkroom.tiny_model import build_tiny_pipeline
+    from darkroom.devtools.tiny_model import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("models") / "tiny-sd"
     build_tiny_pipeline(path)  # in-process: the stages below load torch here anyway
@@ -55,8 +55,9 @@ def fill_catalog(home: Path, tiny: Path, *, catalog_url: str | None = None, limi
 
     Every asset passes QA except the last, marked failed (``failed_qa``) so the gallery
     shows a reason."""
-    from darkroom import stages
     from darkroom.config import Settings
+    from darkroom.stages import generate, plan, postprocess, qa, track
+    from darkroom.stages.context import RunContext
 
     home.mkdir(parents=True, exist_ok=True)
     spec_path = write_campaign(home)
@@ -67,13 +68,13 @@ def fill_catalog(home: Path, tiny: Path, *, catalog_url: str | None = None, limi
     from darkroom.spec import load_spec
 
     dag_id = load_spec(spec_path).spec.dag_id
-    ctx = stages.RunContext.open(spec_path, dag_id, run_id, conf={"limit": limit}, settings=settings)
+    ctx = RunContext.open(spec_path, dag_id, run_id, conf={"limit": limit}, settings=settings)
     _ = ctx.run_pk  # registers the campaign and run rows, as validate_inputs would first
-    for batch in stages.expand_prompts(ctx):
-        stages.generate(ctx, batch)
-        stages.run_qa(ctx, batch)
-        stages.postprocess(ctx, batch)
-    from darkroom.models import Asset, AssetStatus, QAResult
+    for batch in plan.run(ctx):
+        generate.run(ctx, batch)
+        qa.run(ctx, batch)
+        postprocess.run(ctx, batch)
+    from darkroom.catalog.tables import Asset, AssetStatus, QAResult
     from sqlalchemy import select
 
     with ctx.catalog.session() as s:
@@ -91,7 +92,7 @@ def fill_catalog(home: Path, tiny: Path, *, catalog_url: str | None = None, limi
             row.detail = "variance of Laplacian 3.2 < 20.0: blurry"
             if hasattr(row, "status"):
                 row.status = "fail"
-    stages.contact_sheet(ctx)
+    track.contact_sheet(ctx)
     return Filled(home, settings.catalog_url, spec_path, dag_id, run_id, settings, ids)
 
 

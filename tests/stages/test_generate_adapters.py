@@ -8,15 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from darkroom import imaging, inference, stages
+from darkroom import imaging
+from darkroom.catalog.tables import AssetLora
 from darkroom.config import Settings
+from darkroom.devtools.tiny_adapters import build_tiny_ip_adapter, build_tiny_lora
 from darkroom.errors import ModelError
-from darkroom.inference import LocalDiffusersBackend, Request, resolve_model
-from darkroom.models import AssetLora
-from darkroom.reproduce import regenerate_asset
+from darkroom.generation.local import LocalDiffusersBackend
+from darkroom.generation.models import PipelineOptions
+from darkroom.generation.resolve import resolve_model
+from darkroom.generation.types import Request
 from darkroom.spec import Generation
+from darkroom.stages.context import RunContext
+from darkroom.stages.reproduce import regenerate_asset
 from darkroom.storage import read_uri
-from darkroom.tiny_adapters import build_tiny_ip_adapter, build_tiny_lora
 from PIL import Image
 from sqlalchemy import select
 
@@ -71,7 +75,7 @@ def test_spec_loras_change_the_picture_and_are_recorded(tmp_path, use_tiny_model
         prov = imaging.read_provenance(read_uri(b.uri))
         assert 'Lora hashes: "style: ' in prov.parameters and "texture: 0.5" in prov.parameters
         assert [x["name"] for x in prov.darkroom["loras"]] == ["style", "texture"]
-    catalog = stages.RunContext.open(spec, "campaign__spring_tiles", "manual__styled", {}).catalog
+    catalog = RunContext.open(spec, "campaign__spring_tiles", "manual__styled", {}).catalog
     with catalog.session() as s:
         assert {r.name for r in s.scalars(select(AssetLora))} == {"style", "texture"}
     # The recorded LoRAs (by content version) regenerate the same bytes.
@@ -122,14 +126,14 @@ def test_ip_adapter_steers_by_the_reference_image(tmp_path, use_tiny_model, adap
     _, unsteered = _generate(spec, "manual__scale0")
     assert unsteered["TER-001"].sha256 != assets["TER-001"].sha256
     assert regenerate_asset(assets["TER-002"].id, Settings.from_env(), device="cpu").identical
-    assert inference.PipelineOptions.from_spec(
+    assert PipelineOptions.from_spec(
         Generation(ip_adapter={"path": "h94/IP-Adapter"})).ip_adapter[0] == "h94/IP-Adapter"
 
 
 def test_each_variant_is_steered_by_its_own_reference_whatever_its_batch(tiny_model, adapters):
     """diffusers repeats one reference for a whole batch; the backend gives every variant its
     own, so a variant's pixels do not depend on its batch-mates' references."""
-    from darkroom.inference import PipelineOptions
+    from darkroom.generation.models import PipelineOptions
 
     ref = resolve_model(str(tiny_model), None, Settings.from_env())
     backend = LocalDiffusersBackend(ref, "cpu", options=PipelineOptions(

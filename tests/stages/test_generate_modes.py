@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from darkroom import imaging, stages
+from darkroom import imaging
+from darkroom.catalog.tables import Asset, AssetStatus
 from darkroom.config import Settings
 from darkroom.errors import SpecError, ValidationFailed
-from darkroom.models import Asset, AssetStatus
-from darkroom.reproduce import regenerate_asset
 from darkroom.spec import load_spec
+from darkroom.stages import generate, plan, validate
+from darkroom.stages.context import RunContext
+from darkroom.stages.reproduce import regenerate_asset
 from darkroom.storage import read_uri
 from PIL import Image, ImageDraw
 from sqlalchemy import select
@@ -103,11 +105,11 @@ def test_inpaint_mask_decides_the_picture(tmp_path, use_tiny_model):
 
 def test_a_reference_changed_after_planning_fails_that_variant_only(tmp_path, use_tiny_model):
     spec = _campaign(tmp_path, "image2image")
-    ctx = stages.RunContext.open(spec, "campaign__spring_tiles", "manual__1", {})
-    stages.validate_inputs(ctx)
-    (batch,) = stages.expand_prompts(ctx)
+    ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__1", {})
+    validate.run(ctx)
+    (batch,) = plan.run(ctx)
     _picture(tmp_path / "TER-002.png", "black")  # edited between planning and generation
-    counts = stages.generate(ctx, batch)
+    counts = generate.run(ctx, batch)
     assert counts["failed"] == 2  # one pass: the batch's inputs are read before it runs
     with ctx.catalog.session() as s:
         reasons = {a.failure_reason.split(":")[0] for a in s.scalars(select(Asset))}
@@ -126,9 +128,9 @@ def test_a_product_without_a_reference_is_named(tmp_path, use_tiny_model):
     spec = _campaign(tmp_path, "image2image")
     csv = tmp_path / "products.csv"
     csv.write_text(csv.read_text().replace("TER-002.png", ""))
-    ctx = stages.RunContext.open(spec, "campaign__spring_tiles", "manual__1", {})
+    ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__1", {})
     with pytest.raises(ValidationFailed, match=r"product TER-002 has no reference image \(column 'reference'"):
-        stages.expand_prompts(ctx)
+        plan.run(ctx)
 
 
 @pytest.mark.parametrize("change,match", [

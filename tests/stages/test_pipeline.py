@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from darkroom import imaging, stages
+from darkroom import imaging
+from darkroom.catalog import runs
+from darkroom.catalog.tables import Asset, AssetStatus, PlanItem, Publication, Run, ValidationResult, Variant
 from darkroom.config import Settings
 from darkroom.errors import ValidationFailed
-from darkroom.models import Asset, AssetStatus, PlanItem, Publication, Run, ValidationResult, Variant
+from darkroom.stages import approve, generate, plan, publish, validate
+from darkroom.stages.sequence import run_to_review
 from darkroom.storage import S3Storage
 from sqlalchemy import select
 
@@ -28,7 +31,7 @@ def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3
     ]))
     settings = Settings.from_env(catalog_url=catalog_url, storage_url=f"s3://{bucket}/work")
     ctx = _ctx(spec, settings, {"limit": 3}, s3=s3_client)
-    batches = stages.run_to_review(ctx)
+    batches = run_to_review(ctx)
     assert batches == [0, 1]  # 3 variants, 2 per task
 
     with ctx.catalog.session() as s:
@@ -36,10 +39,10 @@ def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3
         assert len(assets) == 3 and all(a.uri.startswith(f"s3://{bucket}/work/spring_tiles/manual__1/originals/")
                                         for a in assets)
         assert all(a.status == AssetStatus.qa_passed for a in assets)
-    assert not stages.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id).done
+    assert not runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id).done
 
-    stages.settle_undecided(ctx, "approve", "tester", "")
-    summary = stages.publish(ctx)
+    approve.settle_undecided(ctx, "approve", "tester", "")
+    summary = publish.run(ctx)
     assert summary["files"] == 3 * 2 * 2  # assets x channels x destinations
     assert summary["copied"] == 12 and summary["verified"] == 0
 
@@ -51,7 +54,7 @@ def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3
     assert imaging.read_provenance(data).darkroom["channel"] == "marketplace"
     assert len(list((tmp_path / "dam" / "spring_tiles").rglob("*.webp"))) == 3
 
-    again = stages.publish(_ctx(spec, settings, {"limit": 3}, s3=s3_client))
+    again = publish.run(_ctx(spec, settings, {"limit": 3}, s3=s3_client))
     assert (again["copied"], again["verified"]) == (0, 12)
     with ctx.catalog.session() as s:
         assert len(list(s.scalars(select(Publication)))) == 12
@@ -61,15 +64,15 @@ def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3
 def test_generate_is_resumable_and_idempotent(tmp_path):
     settings = Settings.from_env()
     ctx = _ctx(_spec(tmp_path), settings, {"limit": 4})
-    stages.validate_inputs(ctx)
-    assert stages.expand_prompts(ctx) == [0, 1]
-    first = stages.generate(ctx, 0)
+    validate.run(ctx)
+    assert plan.run(ctx) == [0, 1]
+    first = generate.run(ctx, 0)
     assert (first["generated"], first["skipped"]) == (2, 0)
     with ctx.catalog.session() as s:
         before = {a.id: (a.sha256, a.uri) for a in s.scalars(select(Asset))}
     # a retry of the same batch, and a re-expansion of the plan, change nothing
-    assert stages.expand_prompts(ctx) == [0, 1]
-    retry = stages.generate(ctx, 0)
+    assert plan.run(ctx) == [0, 1]
+    retry = generate.run(ctx, 0)
     assert (retry.get("generated", 0), retry["skipped"]) == (0, 2)
     with ctx.catalog.session() as s:
         assert {a.id: (a.sha256, a.uri) for a in s.scalars(select(Asset))} == before
@@ -80,15 +83,15 @@ def test_generate_is_resumable_and_idempotent(tmp_path):
 def test_same_variant_same_pixels_across_runs(tmp_path):
     settings = Settings.from_env()
     a = _ctx(_spec(tmp_path), settings, {"limit": 1}, run_id="run_a")
-    stages.expand_prompts(a)
-    stages.generate(a, 0)
+    plan.run(a)
+    generate.run(a, 0)
     with a.catalog.session() as s:
         first = s.scalars(select(Asset)).one()
         s.delete(first)  # pretend it was never made: the next run must reproduce it
         pixels = imaging.decode(Path(first.uri.removeprefix("file://")).read_bytes()).tobytes()
     b = _ctx(_spec(tmp_path), settings, {"limit": 1}, run_id="run_b")
-    stages.expand_prompts(b)
-    stages.generate(b, 0)
+    plan.run(b)
+    generate.run(b, 0)
     with b.catalog.session() as s:
         again = s.scalars(select(Asset)).one()
         # The files differ (their provenance names the run); the pixels may not.
@@ -100,7 +103,7 @@ def test_failed_validation_writes_result_and_no_variants(tmp_path):
     rows[3] = rows[3].replace("drinkware", "furniture").replace("TER-003", "TER-001")
     ctx = _ctx(_spec(tmp_path, rows="\n".join(rows) + "\n"), Settings.from_env())
     with pytest.raises(ValidationFailed) as info:
-        stages.validate_inputs(ctx)
+        validate.run(ctx)
     message = str(info.value)
     assert "nothing was generated" in message
     assert "expect_column_values_to_be_unique on column 'sku': 2 failing row(s)" in message
@@ -117,7 +120,7 @@ def test_failed_validation_writes_result_and_no_variants(tmp_path):
 def test_missing_column_names_file_and_fix(tmp_path):
     ctx = _ctx(_spec(tmp_path, rows="sku,name\nTER-001,mug\n"), Settings.from_env())
     with pytest.raises(ValidationFailed) as info:
-        stages.validate_inputs(ctx)
+        validate.run(ctx)
     message = str(info.value)
     assert str(tmp_path / "spec.yaml") in message
     for column in ("category", "colour", "material"):
@@ -127,7 +130,7 @@ def test_missing_column_names_file_and_fix(tmp_path):
 def test_policy_rejects_variant_and_dry_run_stops(tmp_path):
     rows = (CAMPAIGNS / "spring_tiles.products.csv").read_text().replace("coffee mug", "guaranteed mug")
     ctx = _ctx(_spec(tmp_path, rows=rows), Settings.from_env(), {"dry_run": True})
-    assert stages.expand_prompts(ctx) == []  # dry run: plan stored, nothing mapped
+    assert plan.run(ctx) == []  # dry run: plan stored, nothing mapped
     with ctx.catalog.session() as s:
         items = list(s.scalars(select(PlanItem)))
         rejected = [i for i in items if i.status == "policy_rejected"]
@@ -139,7 +142,7 @@ def test_policy_rejects_variant_and_dry_run_stops(tmp_path):
 
 def test_limit_and_seed_offset(tmp_path):
     ctx = _ctx(_spec(tmp_path), Settings.from_env(), {"limit": 5, "seed_offset": 100})
-    assert stages.expand_prompts(ctx) == [0, 1, 2]
+    assert plan.run(ctx) == [0, 1, 2]
     with ctx.catalog.session() as s:
         seeds = {v.seed for v in s.scalars(select(Variant))}
     assert seeds == {1100}

@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from darkroom.catalog.tables import Asset, PlanItem, Run, Variant
 from darkroom.errors import PolicyError, SpecError
-from darkroom.models import Asset, PlanItem, Run, Variant
 from darkroom.prompts import render_variants, vary_combinations
 from darkroom.spec import load_spec
-from darkroom.stages import RunContext, expand_prompts, generate, validate_inputs
+from darkroom.stages import generate, plan, validate
+from darkroom.stages.context import RunContext
 from sqlalchemy import select
 
 from tests.support.campaigns import CAMPAIGNS, CSV
@@ -139,7 +140,7 @@ def test_policy_rejections_are_planned_and_summarized(tmp_path):
     df.loc[0, "name"] = "guaranteed coffee mug"
     df.to_csv(tmp_path / "products.csv", index=False)
     ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__policy")
-    batches = expand_prompts(ctx)
+    batches = plan.run(ctx)
     with ctx.catalog.session() as s:
         rejected = list(s.scalars(select(PlanItem).where(PlanItem.status == "policy_rejected")))
         summary = s.get(Run, ctx.run_pk).summary
@@ -155,9 +156,8 @@ def test_dry_run_prints_plan_and_maps_nothing(tmp_path, caplog):
                                             "cost_per_gpu_hour": 2.5})
     ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__dry", {"dry_run": True, "limit": 20})
     with caplog.at_level("INFO", logger="darkroom"):
-        assert expand_prompts(ctx) == []
-    plan = ctx.catalog.session
-    with plan() as s:
+        assert plan.run(ctx) == []
+    with ctx.catalog.session() as s:
         text = s.get(Run, ctx.run_pk).summary["plan"]
     assert text in caplog.text
     # 20 variants, ceiling 3 tasks -> batches of 7 rather than 4 of 5.
@@ -181,9 +181,9 @@ def tiny_model(tmp_path_factory) -> Path:
 def run_once(spec: Path, run_id: str, conf: dict | None = None) -> tuple[RunContext, set[str]]:
     """validate -> expand -> generate every batch; the variant ids this run generated."""
     ctx = RunContext.open(spec, "campaign__spring_tiles", run_id, conf)
-    validate_inputs(ctx)
-    for batch in expand_prompts(ctx):
-        generate(ctx, batch)
+    validate.run(ctx)
+    for batch in plan.run(ctx):
+        generate.run(ctx, batch)
     with ctx.catalog.session() as s:
         made = set(s.scalars(select(Asset.variant_id).where(Asset.run_pk == ctx.run_pk)))
     return ctx, made
@@ -215,16 +215,16 @@ def test_incremental_refresh_generates_only_new_identities(tmp_path, tiny_model,
     assert summary["planned"] == 8 and summary["new_variants"] == 6 and summary["to_generate"] == 6
     # A third run finds nothing new, and its dry-run plan prices nothing from measured timings.
     ctx3 = RunContext.open(spec, "campaign__spring_tiles", "manual__3", {"dry_run": True})
-    expand_prompts(ctx3)
+    plan.run(ctx3)
     with ctx3.catalog.session() as s:
-        plan = s.get(Run, ctx3.run_pk).summary["plan"]
-    assert "8 variants (0 to generate, 8 already generated" in plan
-    assert "median of the last 14 recorded generations at 64x64, 2 steps" in plan
-    assert "cost 0.00 at 3.0 per GPU-hour" in plan
+        text = s.get(Run, ctx3.run_pk).summary["plan"]
+    assert "8 variants (0 to generate, 8 already generated" in text
+    assert "median of the last 14 recorded generations at 64x64, 2 steps" in text
+    assert "cost 0.00 at 3.0 per GPU-hour" in text
 
 
 def test_planning_benchmark_small():
-    from darkroom.bench_planning import bench_plan
+    from darkroom.devtools.bench_planning import bench_plan
 
     run = bench_plan(variants=300)
     assert run["variants"] == run["planned"] == 300

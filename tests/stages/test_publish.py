@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from darkroom import review, stages
+from darkroom.catalog import reviews
+from darkroom.catalog.tables import Asset, AssetStatus, Derivative, Publication, Variant
 from darkroom.config import Settings
-from darkroom.models import Asset, AssetStatus, Derivative, Publication, Variant
+from darkroom.stages import publish
+from darkroom.stages.context import RunContext
 from PIL import Image
 
 from tests.support.campaigns import write_campaign
@@ -40,7 +42,7 @@ def published_run(tmp_path, darkroom_home, s3_endpoint, bucket):
                        {"kind": "s3", "bucket": bucket, "prefix": "drop", "endpoint_url": s3_endpoint}]
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     settings = Settings.from_env()
-    ctx = stages.RunContext.open(spec_path, "campaign__gallery_test", "manual__1", settings=settings)
+    ctx = RunContext.open(spec_path, "campaign__gallery_test", "manual__1", settings=settings)
     ids = {}
     run_pk = ctx.run_pk  # registers the campaign and the run first
     with ctx.catalog.session() as s:
@@ -58,9 +60,9 @@ def published_run(tmp_path, darkroom_home, s3_endpoint, bucket):
                 s.add(Derivative(asset_id=a.id, channel=ch, uri=stored.uri, sha256=stored.sha256,
                                  width=8, height=8, format="png", bytes=stored.bytes))
             ids[name] = a.id
-    review.decide(ctx.catalog, ids["approved"], "approve", "ann", "ok")
-    review.decide(ctx.catalog, ids["rejected"], "approve", "ann")
-    review.decide(ctx.catalog, ids["rejected"], "reject", "bob", "changed my mind")
+    reviews.decide(ctx.catalog, ids["approved"], "approve", "ann", "ok")
+    reviews.decide(ctx.catalog, ids["rejected"], "approve", "ann")
+    reviews.decide(ctx.catalog, ids["rejected"], "reject", "bob", "changed my mind")
     return ctx, ids, tmp_path / "dam", bucket
 
 
@@ -70,7 +72,7 @@ def _s3_keys(s3_client, bucket: str) -> set[str]:
 
 def test_only_approved_assets_are_published_to_every_destination(published_run, s3_client):
     ctx, ids, dam, bucket = published_run
-    summary = stages.publish(ctx)
+    summary = publish.run(ctx)
     assert summary["published_assets"] == 1 and summary["copied"] == 4 and summary["verified"] == 0
     folder_files = {p.name for p in (dam / ctx.spec.id).rglob("*.png")}
     s3_files = {k.rsplit("/", 1)[-1] for k in _s3_keys(s3_client, bucket) if k.endswith(".png")}
@@ -82,14 +84,14 @@ def test_only_approved_assets_are_published_to_every_destination(published_run, 
                         ids["undecided"]: "qa_passed"}
     assert len(pubs) == 4 and {a for a, _ in pubs} == {ids["approved"]}
     # Published means no more decisions.
-    with pytest.raises(review.AssetMovedOn):
-        review.decide(ctx.catalog, ids["approved"], "reject", "eve")
+    with pytest.raises(reviews.AssetMovedOn):
+        reviews.decide(ctx.catalog, ids["approved"], "reject", "eve")
 
 
 def test_a_rerun_copies_nothing_and_a_tampered_or_missing_file_is_copied_again(published_run, s3_client):
     ctx, ids, dam, bucket = published_run
-    stages.publish(ctx)
-    again = stages.publish(ctx)
+    publish.run(ctx)
+    again = publish.run(ctx)
     assert (again["copied"], again["verified"]) == (0, 4)
     with ctx.catalog.session() as s:
         assert s.query(Publication).count() == 4
@@ -97,7 +99,7 @@ def test_a_rerun_copies_nothing_and_a_tampered_or_missing_file_is_copied_again(p
     tampered.write_bytes(b"not the approved image")
     key = next(k for k in _s3_keys(s3_client, bucket) if "/marketplace/" in k)
     s3_client.delete_object(Bucket=bucket, Key=key)
-    repaired = stages.publish(ctx)
+    repaired = publish.run(ctx)
     assert (repaired["copied"], repaired["verified"]) == (2, 2)
     with ctx.catalog.session() as s:
         expected = {d.channel: d.sha256 for d in s.query(Derivative).filter_by(asset_id=ids["approved"])}
@@ -108,7 +110,7 @@ def test_a_rerun_copies_nothing_and_a_tampered_or_missing_file_is_copied_again(p
 
 def test_manifest_lists_what_was_published_with_its_approval(published_run, s3_client):
     ctx, ids, dam, bucket = published_run
-    stages.publish(ctx)
+    publish.run(ctx)
     manifests = dam / ctx.spec.id / "manifests"
     data = json.loads((manifests / f"{ctx.run_key}.json").read_text())
     assert {r["asset_id"] for r in data["files"]} == {ids["approved"]}
@@ -125,6 +127,6 @@ def test_approved_status_without_an_approval_record_is_not_published(published_r
     ctx, ids, dam, _ = published_run
     with ctx.catalog.session() as s:  # e.g. a status edited by hand
         s.get(Asset, ids["undecided"]).status = AssetStatus.approved
-    summary = stages.publish(ctx)
+    summary = publish.run(ctx)
     assert summary["published_assets"] == 1
     assert not list(Path(dam).rglob("TER-002-*"))

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from darkroom import imaging, stages
+from darkroom import imaging
+from darkroom.catalog.tables import Asset, AssetStatus, PlanItem, QAResult, Variant
 from darkroom.config import Settings
-from darkroom.inference import Result
-from darkroom.models import Asset, AssetStatus, PlanItem, QAResult, Variant
+from darkroom.generation.types import Result
+from darkroom.stages import approve, generate, plan, track
+from darkroom.stages import postprocess as postprocess_stage
+from darkroom.stages import qa as qa_stage
+from darkroom.stages.context import RunContext
 from PIL import Image, ImageEnhance
 from sqlalchemy import select
 
@@ -65,18 +69,17 @@ def _spec(tmp_path: Path, **qa_section) -> Path:
 @pytest.mark.usefixtures("use_tiny_model")  # generate resolves `tiny` to a version
 def test_qa_stage_regenerates_failures_flags_duplicates_and_draws_the_sheet(tmp_path, catalog_url):
     settings = Settings.from_env(catalog_url=catalog_url)
-    ctx = stages.RunContext.open(_spec(tmp_path, max_regenerations=2, workers=1),
+    ctx = RunContext.open(_spec(tmp_path, max_regenerations=2, workers=1),
                                  "campaign__spring_tiles", "manual__qa", {"limit": 4}, settings=settings)
-    stages.register_run(ctx)
-    (batch,) = stages.expand_prompts(ctx)
+    (batch,) = plan.run(ctx)
     with ctx.catalog.session() as s:
         planned = s.execute(select(Variant.id, Variant.seed).join(PlanItem, PlanItem.variant_id == Variant.id)
                             .order_by(PlanItem.position)).all()
     ids = [v for v, _ in planned]
     blank, original, copy = ids[0], ids[1], ids[2]
     backend = CraftedBackend(blank={blank}, copies={copy: (original, planned[1][1])})
-    stages.generate(ctx, batch, backend=backend)
-    summary = stages.run_qa(ctx, batch, backend=backend)
+    generate.run(ctx, batch, backend=backend)
+    summary = qa_stage.run(ctx, batch, backend=backend)
 
     assert summary["regenerated"] == 2  # the blank one and the duplicate, once each
     with ctx.catalog.session() as s:
@@ -98,13 +101,13 @@ def test_qa_stage_regenerates_failures_flags_duplicates_and_draws_the_sheet(tmp_
         assert all(by_variant[v].phash for v in ids)
 
     # Checking again gives the same answers (the batch is compared in plan order).
-    again = stages.run_qa(ctx, batch, backend=backend)
+    again = qa_stage.run(ctx, batch, backend=backend)
     assert again.get("regenerated", 0) == 0 and again["qa_failed"] == 2 and again["qa_passed"] == 4
 
-    pp = stages.postprocess(ctx, batch)
+    pp = postprocess_stage.run(ctx, batch)
     assert pp["assets"] == 4 and pp["derivatives"] == 8 and pp["failed"] == 0
 
-    uri = stages.contact_sheet(ctx)
+    uri = track.contact_sheet(ctx)
     sheet = imaging.decode(Path(uri.removeprefix("file://")).read_bytes())
     with ctx.catalog.session() as s:
         order = [a.variant_id for a in s.scalars(select(Asset).order_by(Asset.created_at, Asset.id))]
@@ -120,25 +123,23 @@ def test_qa_stage_regenerates_failures_flags_duplicates_and_draws_the_sheet(tmp_
 def test_qa_stage_against_approved_assets_of_earlier_runs(tmp_path, use_tiny_model):
     settings = Settings.from_env(catalog_url=f"sqlite:///{tmp_path / 'c.db'}")
     spec = _spec(tmp_path, workers=1)
-    first = stages.RunContext.open(spec, "campaign__spring_tiles", "run1", {"limit": 2}, settings=settings)
-    stages.register_run(first)
-    (batch,) = stages.expand_prompts(first)
+    first = RunContext.open(spec, "campaign__spring_tiles", "run1", {"limit": 2}, settings=settings)
+    (batch,) = plan.run(first)
     backend = CraftedBackend()
-    stages.generate(first, batch, backend=backend)
-    stages.run_qa(first, batch)
-    stages.settle_undecided(first, "approve", "tester", "")
+    generate.run(first, batch, backend=backend)
+    qa_stage.run(first, batch)
+    approve.settle_undecided(first, "approve", "tester", "")
     with first.catalog.session() as s:
         approved = {a.variant_id: (a.id, a.seed) for a in s.scalars(select(Asset))}
     # A later run with a new seed whose pictures come out the same as the approved ones.
-    second = stages.RunContext.open(spec, "campaign__spring_tiles", "run2", {"limit": 2, "seed_offset": 5},
+    second = RunContext.open(spec, "campaign__spring_tiles", "run2", {"limit": 2, "seed_offset": 5},
                                     settings=settings)
-    stages.register_run(second)
-    (batch,) = stages.expand_prompts(second)
+    (batch,) = plan.run(second)
     with second.catalog.session() as s:
         new = [pi.variant_id for pi in s.scalars(select(PlanItem).where(PlanItem.run_pk == second.run_pk))]
     copies = {n: (v, approved[v][1]) for n, v in zip(sorted(new), sorted(approved), strict=True)}
-    stages.generate(second, batch, backend=CraftedBackend(copies=copies))
-    out = stages.run_qa(second, batch)
+    generate.run(second, batch, backend=CraftedBackend(copies=copies))
+    out = qa_stage.run(second, batch)
     assert out["qa_failed"] == 2
     with second.catalog.session() as s:
         reasons = [a.failure_reason for a in s.scalars(select(Asset).where(Asset.run_pk == second.run_pk))]

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from darkroom import lineage, profiles, review, stages
-from darkroom.catalog import Catalog
+from darkroom.catalog import Catalog, lineage, reviews
+from darkroom.catalog.tables import Asset, QAResult, Run
 from darkroom.config import Settings
+from darkroom.devtools.tiny_model import build_tiny_pipeline
 from darkroom.errors import ModelError
-from darkroom.inference import resolve_model
-from darkroom.models import Asset, QAResult, Run
-from darkroom.tiny_model import build_tiny_pipeline
+from darkroom.generation import profiles
+from darkroom.generation.resolve import resolve_model
+from darkroom.stages import plan, publish
+from darkroom.stages.context import RunContext
+from darkroom.stages.sequence import run_to_review
 from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,17 +71,14 @@ def scenario(tmp_path_factory, mlflow_server):
 
 
 def _run_all(spec: Path, run_id: str, conf: dict) -> dict:
-    ctx = stages.RunContext.open(spec, "campaign__summer_social", run_id, conf)
-    stages.run_to_review(ctx)
+    ctx = RunContext.open(spec, "campaign__summer_social", run_id, conf)
+    run_to_review(ctx)
     with ctx.catalog.session() as s:
         tracked = {"mlflow_run_id": s.get(Run, ctx.run_pk).mlflow_run_id}  # what track recorded
-    waiting = [a.id for a in review.waiting(ctx.catalog, run_id=run_id)]
+    waiting = [a.id for a in reviews.waiting(ctx.catalog, run_id=run_id)]
     for asset_id in waiting:
-        review.decide(ctx.catalog, asset_id, "approve", "ana", "ok")
-    published = stages.publish(ctx)
-    from darkroom import tracking
-
-    tracking.log_publication(ctx, tracked["mlflow_run_id"], published, {"approved": len(waiting)})
+        reviews.decide(ctx.catalog, asset_id, "approve", "ana", "ok")
+    published = publish.run(ctx, {"approved": len(waiting)})  # adds the outcome to MLflow
     with ctx.catalog.session() as s:
         statuses = dict(s.execute(select(Asset.id, Asset.status).where(Asset.run_pk == ctx.run_pk)).all())
     return {"statuses": statuses, "ctx_run_pk": ctx.run_pk, "mlflow_run_id": tracked["mlflow_run_id"], "reviewed": waiting,
@@ -207,7 +207,7 @@ def test_mlflow_run_has_tags_params_metrics_and_artifacts(scenario):
     table = json.loads(Path(c.download_artifacts(run.info.run_id, "assets.json")).read_text())
     assert len(table["data"]) == 3 and "supersedes" in table["columns"]
     # One MLflow run per DAG run: tracking again logs into the same run.
-    ctx = stages.RunContext.open(scenario["spec"], "campaign__summer_social", "manual__regen", {"limit": 3},
+    ctx = RunContext.open(scenario["spec"], "campaign__summer_social", "manual__regen", {"limit": 3},
                                  settings=scenario["settings"])
     from darkroom import tracking
 
@@ -238,15 +238,15 @@ def test_checksum_mismatch_is_refused(scenario, tmp_path, mlflow_uri):
 
 def test_regenerate_where_narrows_the_run_to_matching_variants(scenario):
     """`darkroom regenerate --where ...` passes the matching variant ids as conf."""
-    from darkroom.lineage import search_query
+    from darkroom.catalog.lineage import search_query
 
     catalog = scenario["catalog"]
     with catalog.session() as s:
         rows = s.execute(search_query(campaign="summer_social", run_id="manual__first")).all()
     wanted = sorted({a.variant_id for a, _run in rows})[:1]
-    ctx = stages.RunContext.open(scenario["spec"], "campaign__summer_social", "manual__where",
+    ctx = RunContext.open(scenario["spec"], "campaign__summer_social", "manual__where",
                                  {"model_version": "1", "variants": wanted, "dry_run": True},
                                  settings=scenario["settings"])
-    assert stages.expand_prompts(ctx) == []  # dry run: plans only
+    assert plan.run(ctx) == []  # dry run: plans only
     with catalog.session() as s:
         assert s.get(Run, ctx.run_pk).summary["planned"] == 1

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from darkroom import stages
+from darkroom.catalog.tables import Asset
 from darkroom.config import Settings
 from darkroom.errors import DarkroomError
-from darkroom.models import Asset
-from darkroom.reproduce import regenerate_asset
+from darkroom.stages import generate, plan
+from darkroom.stages.context import RunContext
+from darkroom.stages.reproduce import regenerate_asset
 from sqlalchemy import select
 
 CAMPAIGNS = Path(__file__).resolve().parents[2] / "include" / "campaigns"
@@ -22,10 +23,10 @@ CAMPAIGNS = Path(__file__).resolve().parents[2] / "include" / "campaigns"
 def generated(tmp_path, use_tiny_model):
     for f in ("summer_social.yaml", "summer_social.products.csv"):
         shutil.copy(CAMPAIGNS / f, tmp_path / f)
-    ctx = stages.RunContext.open(tmp_path / "summer_social.yaml", "campaign__summer_social",
+    ctx = RunContext.open(tmp_path / "summer_social.yaml", "campaign__summer_social",
                                  "manual__r1", {"limit": 2})
-    for b in stages.expand_prompts(ctx):
-        stages.generate(ctx, b)
+    for b in plan.run(ctx):
+        generate.run(ctx, b)
     with ctx.catalog.session() as s:
         return [a.id for a in s.scalars(select(Asset).order_by(Asset.id))], ctx
 

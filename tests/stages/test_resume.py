@@ -29,10 +29,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from darkroom import imaging, stages
+from darkroom import imaging
 from darkroom.catalog import Catalog
+from darkroom.catalog.tables import Asset, AssetStatus, PlanItem, Run
 from darkroom.config import Settings
-from darkroom.models import Asset, AssetStatus, PlanItem, Run
+from darkroom.stages import generate, plan, validate
+from darkroom.stages.context import RunContext
 from darkroom.storage import FileStorage, S3Storage
 from sqlalchemy import func, select
 
@@ -51,12 +53,14 @@ RETRY_TIMEOUT = 300
 WORKER = textwrap.dedent('''
     import json, sys
     import diffusers, torch  # noqa: F401  (warm: what the task imports anyway)
-    from darkroom import inference, stages  # noqa: F401
+    from darkroom.generation import local  # noqa: F401  (what a local-backend task loads)
+    from darkroom.stages import generate
+    from darkroom.stages.context import RunContext
     spec, dag_id, run_id, conf, batch = sys.argv[1:6]
     if sys.stdin.readline().strip() != "go":
         sys.exit("no go")
-    ctx = stages.RunContext.open(spec, dag_id, run_id, json.loads(conf))
-    counts = stages.generate(ctx, int(batch))
+    ctx = RunContext.open(spec, dag_id, run_id, json.loads(conf))
+    counts = generate.run(ctx, int(batch))
     print("RESULT " + json.dumps(counts), flush=True)
 ''')
 
@@ -130,7 +134,7 @@ def _count_generated(catalog: Catalog) -> int:
                         .where(Asset.status == AssetStatus.generated))
 
 
-def _objects(ctx: stages.RunContext) -> dict[str, tuple[str, tuple]]:
+def _objects(ctx: RunContext) -> dict[str, tuple[str, tuple]]:
     """Every object under the storage root, dotfiles included: URI -> (sha256, identity),
     identity telling a rewrite from the same object (inode and mtime; S3: ETag and time)."""
     found = {}
@@ -152,7 +156,7 @@ def _objects(ctx: stages.RunContext) -> dict[str, tuple[str, tuple]]:
     return found
 
 
-def _check_committed(assets: dict[str, Asset], objects: dict, ctx: stages.RunContext) -> None:
+def _check_committed(assets: dict[str, Asset], objects: dict, ctx: RunContext) -> None:
     """Every committed image is whole in storage: the catalog's bytes and sha256, a PNG that
     decodes, carrying its own asset id."""
     for a in assets.values():
@@ -174,10 +178,10 @@ def _kill_and_retry(tmp_path: Path, settings: Settings, env: dict[str, str], s3_
     first = Task(tmp_path, "attempt-1", spec, env)
     retry = Task(tmp_path, "attempt-2", spec, env)
     try:
-        ctx = stages.RunContext.open(spec, DAG_ID, RUN_ID, CONF, settings=settings,
+        ctx = RunContext.open(spec, DAG_ID, RUN_ID, CONF, settings=settings,
                                      s3_client=s3_client, s3_client_factory=factory)
-        stages.validate_inputs(ctx)
-        assert stages.expand_prompts(ctx) == [0]  # ONE mapped batch
+        validate.run(ctx)
+        assert plan.run(ctx) == [0]  # ONE mapped batch
         with ctx.catalog.session() as s:
             planned = list(s.scalars(select(PlanItem.variant_id).where(
                 PlanItem.run_pk == ctx.run_pk, PlanItem.batch == 0, PlanItem.status == "planned")))
@@ -251,7 +255,7 @@ def _kill_and_retry(tmp_path: Path, settings: Settings, env: dict[str, str], s3_
         assert set(objects) == expected, (
             f"stray: {sorted(set(objects) - expected)}; missing: {sorted(expected - set(objects))}")
         # 7. And a third attempt has nothing left to do.
-        again = stages.generate(ctx, 0)
+        again = generate.run(ctx, 0)
         assert again == {"batch": 0, "skipped": VARIANTS}, again
         with ctx.catalog.session() as s:
             assert s.scalar(select(func.count()).select_from(Asset)) == VARIANTS

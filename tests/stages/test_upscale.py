@@ -7,13 +7,13 @@ import io
 from pathlib import Path
 
 from darkroom import imaging, postprocess, upscaler
+from darkroom.stages.sequence import run_to_review
 from PIL import Image
 
 
 def test_postprocess_stage_upscales_with_the_model(tiny_upscaler, use_tiny_model, tmp_path):
-    from darkroom import stages
+    from darkroom.catalog.tables import Asset, Derivative
     from darkroom.config import Settings
-    from darkroom.models import Asset, Derivative
     from sqlalchemy import select
 
     from tests.support.campaigns import small_spec as _spec
@@ -24,7 +24,7 @@ def test_postprocess_stage_upscales_with_the_model(tiny_upscaler, use_tiny_model
         d["channels"]["web_tile"]["upscale_to"] = 2048
 
     ctx = _ctx(_spec(tmp_path, mutate), Settings.from_env(), {"limit": 1})
-    stages.run_to_review(ctx)
+    run_to_review(ctx)
     with ctx.catalog.session() as s:
         asset = s.scalars(select(Asset)).one()
         rows = {d.channel: d for d in s.scalars(select(Derivative))}

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 from darkroom.catalog import Catalog
+from darkroom.catalog.tables import PlanItem, ValidationResult, Variant
 from darkroom.config import Settings
 from darkroom.errors import ValidationFailed
-from darkroom.models import PlanItem, ValidationResult, Variant
-from darkroom.stages import RunContext, expand_prompts, validate_inputs
+from darkroom.stages import plan, validate
+from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri
 from sqlalchemy import func, select
 
@@ -19,7 +20,7 @@ def test_failing_suite_fails_with_summary_and_generates_nothing(tmp_path):
     spec = make_spec(tmp_path, source=write_products(tmp_path, bad_rows))
     ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__1")
     with pytest.raises(ValidationFailed) as err:
-        validate_inputs(ctx)
+        validate.run(ctx)
     text = str(err.value)
     assert "nothing was generated" in text
     assert "expect_column_values_to_be_unique on column 'sku': 2 failing row(s)" in text
@@ -46,7 +47,7 @@ def test_failing_suite_fails_with_summary_and_generates_nothing(tmp_path):
 def test_passing_suite_stores_success_and_report(tmp_path):
     spec = make_spec(tmp_path, source=write_products(tmp_path))
     ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__ok")
-    summary = validate_inputs(ctx)
+    summary = validate.run(ctx)
     assert summary["success"] and summary["failures"] == [] and summary["evaluated"] >= 10
     page = read_uri(summary["report_uri"]).decode()
     assert "passed" in page and "expect_column_values_to_match_regex" in page
@@ -59,10 +60,10 @@ def test_validation_runs_before_expansion_in_order(tmp_path):
     spec = make_spec(tmp_path, source=write_products(tmp_path, bad_rows))
     ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__2")
     with pytest.raises(ValidationFailed):
-        validate_inputs(ctx)
+        validate.run(ctx)
     with Catalog(Settings.from_env().catalog_url).session() as s:
         assert s.scalar(select(func.count()).select_from(PlanItem)) == 0
     # Fixing the data lets the same run plan.
     write_products(tmp_path)
-    validate_inputs(ctx)
-    assert expand_prompts(ctx) == [0, 1, 2]
+    validate.run(ctx)
+    assert plan.run(ctx) == [0, 1, 2]

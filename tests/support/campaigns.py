@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from darkroom import stages
 from darkroom.config import Settings
+from darkroom.stages.context import RunContext
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGNS = ROOT / "include" / "campaigns"
@@ -52,9 +52,9 @@ def small_spec(tmp_path: Path, mutate=None, rows: str | None = None) -> Path:
     return path
 
 
-def stage_ctx(spec: Path, settings: Settings, conf=None, run_id="manual__1", s3=None) -> stages.RunContext:
+def stage_ctx(spec: Path, settings: Settings, conf=None, run_id="manual__1", s3=None) -> RunContext:
     factory = (lambda _conn, _endpoint: s3) if s3 is not None else None
-    return stages.RunContext.open(spec, "campaign__spring_tiles", run_id, conf or {}, settings=settings,
+    return RunContext.open(spec, "campaign__spring_tiles", run_id, conf or {}, settings=settings,
                                   s3_client=s3, s3_client_factory=factory)
 
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from darkroom import stages
-from darkroom.models import Asset, PlanItem
+from darkroom.catalog.tables import Asset, PlanItem
+from darkroom.stages import generate, plan, validate
+from darkroom.stages.context import RunContext
 from sqlalchemy import select
 
 
 def generate_once(spec: Path, run_id: str, dag_id: str = "campaign__spring_tiles"):
     """Return (ctx, counts, {product_id: asset}) for the variants this run planned, reused
     ones included; each asset's variant is loaded while the session is open."""
-    ctx = stages.RunContext.open(spec, dag_id, run_id, {})
-    stages.validate_inputs(ctx)
-    (batch,) = stages.expand_prompts(ctx)
-    counts = stages.generate(ctx, batch)
+    ctx = RunContext.open(spec, dag_id, run_id, {})
+    validate.run(ctx)
+    (batch,) = plan.run(ctx)
+    counts = generate.run(ctx, batch)
     with ctx.catalog.session() as s:
         planned = select(PlanItem.variant_id).where(PlanItem.run_pk == ctx.run_pk)
         assets = {a.variant.product_id: a
