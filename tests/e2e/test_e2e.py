@@ -27,8 +27,9 @@ DARKROOM = str(Path(sys.executable).with_name("darkroom"))
 
 
 def _env(home: Path, **extra) -> dict:
-    # Each run gets its own Airflow home under $DARKROOM_HOME: drop any inherited AIRFLOW_*.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DARKROOM_"))}
+    # Each run gets its own Airflow home under $DARKROOM_HOME: drop any inherited AIRFLOW_*,
+    # and MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri leaves in this process's env.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DARKROOM_", "MLFLOW_"))}
     env.update(DARKROOM_HOME=str(home), PYTHONUNBUFFERED="1", **extra)
     return env
 
