@@ -3,8 +3,8 @@
 
 One DAG per campaign spec in `include/campaigns/`: `campaign__<id>`. Each run validates the
 product data, expands prompt variants, generates images in mapped batches, checks and
-post-processes them, tracks the run in MLflow, waits for reviewers, and publishes what they
-approved.
+post-processes them (QA regeneration rounds and the model upscaler on the GPU queue, as
+generate), tracks the run in MLflow, waits for reviewers, and publishes what they approved.
 
 Parsing stays cheap: only YAML and pydantic run here. Models, the catalog, Great
 Expectations and MLflow are touched inside tasks.
@@ -84,8 +84,15 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             return plan.run(_ctx(path))
 
         @task
-        def qa(batch: int) -> int:
+        def qa(batch: int, regeneration: int = 0) -> int:
             from darkroom.stages import qa as stage
+
+            stage.run(_ctx(path), batch, regeneration)
+            return batch
+
+        @task
+        def upscale(batch: int) -> int:
+            from darkroom.stages import upscale as stage
 
             stage.run(_ctx(path), batch)
             return batch
@@ -109,16 +116,25 @@ def build_dag(loaded: LoadedSpec) -> DAG:
 
             return stage.run(_ctx(path), approvals)
 
+        # The GPU stages (generate, each QA regeneration round, the model upscaler) go to the
+        # GPU queue and pool (from the spec or the deployment; the pool may come from a routing
+        # rule, e.g. {when: {priority: high}, pool: gpu_high}); QA, derivatives, tracking and
+        # publishing stay on the default queue.
+        routing = SETTINGS.gpu_routing(spec.generation.queue, pool_for(spec))
+
         batches = expand_prompts()
         validate_inputs() >> batches
-        # Only the GPU stage is routed (queue/pool from the spec or the deployment); QA,
-        # post-processing and publishing stay on the default queue.
-        # The pool may come from a routing rule (e.g. {when: {priority: high}, pool: gpu_high}).
-        routing = SETTINGS.gpu_routing(spec.generation.queue, pool_for(spec))
         generated = GenerateImagesOperator.partial(task_id="generate", spec_path=path, **routing).expand(
             batch=batches
         )
-        processed = postprocess.expand(batch=qa.expand(batch=generated.output))
+        checked = qa.expand(batch=generated.output)
+        for n in range(1, spec.qa.max_regenerations + 1):
+            redrawn = GenerateImagesOperator.partial(task_id=f"regenerate_{n}", spec_path=path,
+                                                     **routing).expand(batch=checked)
+            checked = qa.override(task_id=f"qa_{n}").partial(regeneration=n).expand(batch=redrawn.output)
+        if spec.uses_model_upscaler:
+            checked = upscale.override(**routing).expand(batch=checked)
+        processed = postprocess.expand(batch=checked)
         tracked = track(processed)
         approvals = CampaignApprovalSensor(task_id="await_approval", spec_path=path)
         tracked >> approvals

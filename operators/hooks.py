@@ -109,6 +109,7 @@ class DarkroomHook(BaseHook):
         from darkroom.stages.context import RunContext  # the catalog (SQLAlchemy ORM): not at parse time
 
         dag_run = context["dag_run"]
+        ti = context.get("ti")
         return RunContext.open(
             spec_path,
             dag_id=dag_run.dag_id,
@@ -117,4 +118,6 @@ class DarkroomHook(BaseHook):
             settings=self.settings(),
             s3_client_factory=self.s3_client,
             sql_url_factory=self.sql_url,
+            # The host Airflow records for the task: what the GPU stages note beside their device.
+            worker=getattr(ti, "hostname", None),
         )

@@ -4,11 +4,11 @@
 
 1. sRGB: an embedded ICC profile is converted to sRGB (output is tagged sRGB);
 2. upscale (optional): to the channel's ``upscale_to`` long side. With ``generation.upscaler``
-   set, a diffusers model (darkroom.upscaler) has already upscaled the original in the
-   postprocess task's own process (:func:`model_upscaled`) and the workers only receive its
-   output; otherwise through an upscaler registered in :data:`UPSCALERS` (Lanczos by
-   default). A recipe asking for one that is not registered fails with a clear error. Either
-   way the derivative's provenance records ``upscaled: {by, to}``;
+   set, a diffusers model (darkroom.upscaler) has already upscaled the original on the GPU
+   queue (the upscale stage, :func:`upscale_original`) and the render receives its output;
+   otherwise through an upscaler registered in :data:`UPSCALERS` (Lanczos by default). A
+   recipe asking for one that is not registered fails with a clear error. Either way the
+   derivative's provenance records ``upscaled: {by, to}``;
 3. crop (centre, or the most detailed window: ``crop: entropy``) or pad to the channel's
    aspect ratio, then a Lanczos resize to the exact size;
 4. logo / watermark overlay (position, scale, opacity);
@@ -36,7 +36,6 @@ from darkroom import imaging
 from darkroom.config import BRAND_DIR
 from darkroom.errors import ModelError
 from darkroom.upscaler import free_device_memory, resolve_upscaler
-from darkroom.upscaler import load as load_upscaler
 
 # The inference layer registers its upscaler here: name -> callable(image, long_side) -> image.
 # postprocess uses the entry named "default" when a channel sets `upscale_to`.
@@ -65,9 +64,10 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class Upscaled:
-    """An original upscaled by the model upscaler in the postprocess task's process, sent to
-    the render worker with the original (:func:`render_all`'s ``upscaled``). Its provenance
-    is the original's, which travels alongside, so the PNG here carries none."""
+    """An original upscaled by the model upscaler on the GPU queue (the upscale stage stores
+    it and records it on the asset; postprocess hands it to the render worker with the
+    original, :func:`render_all`'s ``upscaled``). Its provenance is the original's, which
+    travels alongside, so the PNG here carries none."""
 
     by: str  # the upscaler's provenance name: "diffusers:<model>@<version>"
     to: int  # its long side: the largest upscale_to of the asset's channels
@@ -336,39 +336,18 @@ def upscale_original(original: bytes, long_side: int, model) -> Upscaled:
     return Upscaled(model.name, long_side, data=buf.getvalue())
 
 
-def model_upscaled(jobs, model: str | None):
-    """Jobs for :func:`render_all` (``(tag, (original, channels), kwargs)``, as
-    darkroom.imaging.process_map takes them), each given the model upscaler's output when
-    ``model`` (``generation.upscaler``) is set and some channel's ``upscale_to`` is larger
-    than the original.
-
-    This runs in the caller's process, lazily as process_map pulls the next job: one model
-    (one copy in memory, on the GPU when there is one) serves the whole batch, while the
-    render workers crop, overlay and encode the previous assets. Each original is upscaled
-    once, to the largest target of its channels. The model is loaded on the first original
-    that needs it; a model that cannot be loaded stops the task (ModelError), since every
-    asset would fail the same way. With ``model`` unset the jobs pass through unchanged and
-    the workers upscale with Lanczos, as before."""
-    if not model:
-        return jobs
-    return _model_upscaled(jobs, model)
-
-
-def _model_upscaled(jobs, model: str):
-    loaded = None
-    for tag, args, kwargs in jobs:
-        original, channels = args[0], args[1]
-        target = max((ch.upscale_to for ch in channels.values() if ch.upscale_to), default=0)
-        if target:
-            try:  # the header is enough to know the size; the pixels are decoded once, below
-                with Image.open(io.BytesIO(original)) as head:
-                    size = head.size
-            except Exception:  # a broken file: render_all reports it as this asset's failure
-                size = None
-            if size is not None and max(size) < target:
-                loaded = loaded or load_upscaler(model)
-                kwargs = {**kwargs, "upscaled": upscale_original(original, target, loaded)}
-        yield tag, args, kwargs
+def upscale_target(original: bytes, channels: dict) -> int:
+    """The long side the model upscaler must make for this original: the largest
+    ``upscale_to`` of its channels that is above its own size; 0 when none is."""
+    target = max((ch.upscale_to for ch in channels.values() if ch.upscale_to), default=0)
+    if not target:
+        return 0
+    try:  # the header is enough to know the size
+        with Image.open(io.BytesIO(original)) as head:
+            size = head.size
+    except Exception:  # a broken file: render_all reports it as this asset's failure
+        return 0
+    return target if max(size) < target else 0
 
 
 def check_recipes(channels: dict, upscaler: str = "default", *,

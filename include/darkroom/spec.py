@@ -552,6 +552,11 @@ class CampaignSpec(_Model):
     def dag_id(self) -> str:
         return f"campaign__{self.id}"
 
+    @property
+    def uses_model_upscaler(self) -> bool:
+        """A model upscaler is set and some channel upscales: the run has an upscale task."""
+        return bool(self.generation.upscaler) and any(ch.upscale_to for ch in self.channels.values())
+
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 

@@ -1,9 +1,10 @@
 """Model upscaling for channels' ``upscale_to`` (``generation.upscaler``): a diffusers x4
 upscaler pipeline, loaded once per process, that takes an original to 2048 or 4096 px.
 
-Where it runs: in the postprocess task's own process (darkroom.postprocess.model_upscaled),
-once per asset, to the largest ``upscale_to`` its channels ask for; the render workers only
-crop, resize and encode. One pipeline per process (possibly on the GPU), never one per worker.
+Where it runs: in the upscale stage (darkroom.stages.upscale), a task on the GPU queue, once
+per asset, to the largest ``upscale_to`` its channels ask for; the postprocess stage's render
+workers then only crop, resize and encode. One pipeline per process, on the GPU when there is
+one, never one per render worker.
 
 How a target is reached (:meth:`ModelUpscaler.upscale`). The model multiplies the long side
 by a fixed factor (4 for ``StableDiffusionUpscalePipeline``). With ``n`` = the most whole
@@ -23,8 +24,8 @@ size, and the pipeline upcasts the VAE to float32, so one activation of a 4096x4
 is 8 GiB. VAE tiling is therefore switched on for every output above
 :data:`VAE_TILING_ABOVE` px: the decode works tile by tile (the VAE's ``sample_size``) with
 blended seams, and its memory stays that of one tile, whatever the output. The images
-themselves are small beside that (a 4096x4096 RGB image is 48 MiB). On CPU (no GPU in the
-postprocess worker) it all runs, slowly, in float32.
+themselves are small beside that (a 4096x4096 RGB image is 48 MiB). On CPU (a GPU worker
+without a GPU, the tests) it all runs, slowly, in float32.
 
 Determinism: every pass draws its noise from a CPU generator seeded with :data:`SEED`, so
 the same original, target and model give the same pixels on the same device and library
@@ -46,6 +47,7 @@ from PIL import Image
 
 from darkroom.errors import ModelError
 from darkroom.generation.models import local_model_digest
+from darkroom.generation.types import DeviceUse
 
 # model_index.json class -> how many times one pass multiplies the long side.
 # (StableDiffusionLatentUpscalePipeline, x2, takes latents and a different call; not supported.)
@@ -142,6 +144,18 @@ class ModelUpscaler:
         self.name = f"diffusers:{short}@{version}"
         self.upscaler_name = self.name  # what darkroom.postprocess records as `upscaled.by`
         self._lock = threading.Lock()
+
+    def device_use(self) -> DeviceUse:
+        """What this upscaler runs on: device, dtype, peak memory (since reset_peak_memory)."""
+        from darkroom.generation.local import device_name, peak_memory_bytes  # torch: loaded already
+
+        return DeviceUse(device_name(self.device), str(self.pipe.dtype).removeprefix("torch."),
+                         peak_memory_bytes(self.device))
+
+    def reset_peak_memory(self) -> None:
+        from darkroom.generation.local import reset_peak_memory  # torch: loaded already
+
+        reset_peak_memory(self.device)
 
     def __call__(self, img: Image.Image, long_side: int) -> Image.Image:
         return self.upscale(img, long_side)

@@ -92,5 +92,8 @@ def test_one_failed_upscale_fails_that_asset_only():
         postprocess.render_all(data, ch, upscaled=failed)
     # The model is prompted with the asset's own prompt, read back from the original.
     assert postprocess.prompts_from_infotext(provenance().parameters) == ("a mug", "blurry")
-    jobs = [("a", (data, ch), {})]
-    assert postprocess.model_upscaled(jobs, None) is jobs  # no model: Lanczos in the workers
+    # What the upscale stage asks the model for: the largest upscale_to above the original.
+    assert postprocess.upscale_target(data, ch) == 2048
+    assert postprocess.upscale_target(data, {**ch, "big": Channel(width=9, height=9, upscale_to=4096)}) == 4096
+    assert postprocess.upscale_target(data, {"web": Channel(width=300, height=200)}) == 0
+    assert postprocess.upscale_target(b"not an image", ch) == 0  # render_all names the problem

@@ -4,7 +4,7 @@ and the generate stage records per-variant backends and failure reasons."""
 from __future__ import annotations
 
 import pytest
-from darkroom.catalog.tables import Asset, AssetStatus, Variant
+from darkroom.catalog.tables import Asset, AssetStatus, PlanItem, Variant
 from darkroom.config import Settings
 from darkroom.generation.routing import backend_for, matches, pool_for
 from darkroom.spec import CampaignSpec, Generation
@@ -87,12 +87,19 @@ def test_generate_routes_per_variant_and_records_reasons(tmp_path, monkeypatch):
         settings = Settings.from_env(catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}")  # reads both
         ctx = _ctx(spec, settings)
         validate.run(ctx)
-        counts = [generate.run(ctx, b) for b in plan.run(ctx)]
+        batches = plan.run(ctx)
+        # Routing was decided at planning time: the GPU worker never reads the products.
+        (tmp_path / "products.csv").unlink()
+        counts = [generate.run(ctx, b) for b in batches]
     assert sum(c["generated"] for c in counts) == 2 and sum(c["failed"] for c in counts) == 1
     with ctx.catalog.session() as s:
         rows = s.execute(select(Variant.product_id, Asset.backend, Asset.status, Asset.failure_reason)
                          .join(Asset, Asset.variant_id == Variant.id).order_by(Variant.product_id)).all()
     by_product = {r.product_id: r for r in rows}
+    with ctx.catalog.session() as s:
+        routes = dict(s.execute(select(Variant.product_id, PlanItem.backend)
+                                .join(PlanItem, PlanItem.variant_id == Variant.id)).all())
+    assert routes == {"TER-001": "local", "TER-002": "stability", "TER-003": "stability"}
     assert by_product["TER-001"].backend == "local" and by_product["TER-001"].status == AssetStatus.generated
     assert by_product["TER-002"].backend == "stability" and by_product["TER-002"].status == AssetStatus.generated
     assert by_product["TER-003"].status == AssetStatus.failed

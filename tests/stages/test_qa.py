@@ -17,7 +17,7 @@ from darkroom.stages import postprocess as postprocess_stage
 from darkroom.stages import qa as qa_stage
 from darkroom.stages.context import RunContext
 from PIL import Image, ImageEnhance
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.support.images import good_image
 
@@ -70,7 +70,7 @@ def _spec(tmp_path: Path, **qa_section) -> Path:
 def test_qa_stage_regenerates_failures_flags_duplicates_and_draws_the_sheet(tmp_path, catalog_url):
     settings = Settings.from_env(catalog_url=catalog_url)
     ctx = RunContext.open(_spec(tmp_path, max_regenerations=2, workers=1),
-                                 "campaign__spring_tiles", "manual__qa", {"limit": 4}, settings=settings)
+                          "campaign__spring_tiles", "manual__qa", {"limit": 4}, settings=settings)
     (batch,) = plan.run(ctx)
     with ctx.catalog.session() as s:
         planned = s.execute(select(Variant.id, Variant.seed).join(PlanItem, PlanItem.variant_id == Variant.id)
@@ -78,10 +78,19 @@ def test_qa_stage_regenerates_failures_flags_duplicates_and_draws_the_sheet(tmp_
     ids = [v for v, _ in planned]
     blank, original, copy = ids[0], ids[1], ids[2]
     backend = CraftedBackend(blank={blank}, copies={copy: (original, planned[1][1])})
+    # The batch as the DAG runs it: generate, qa, then regenerate_N (the generate stage, on
+    # the GPU queue) and qa_N for each of the spec's max_regenerations rounds.
     generate.run(ctx, batch, backend=backend)
-    summary = qa_stage.run(ctx, batch, backend=backend)
+    first = qa_stage.run(ctx, batch)
+    assert first["to_regenerate"] == 2  # the blank one and the duplicate, once each
+    with ctx.catalog.session() as s:  # QA planned them; it drew nothing itself
+        assert s.scalar(select(func.count()).select_from(Asset)) == 4
+    assert generate.run(ctx, batch, backend=backend)["generated"] == 2  # regenerate_1
+    second = qa_stage.run(ctx, batch, regeneration=1)
+    assert second["qa_passed"] == 2 and second.get("to_regenerate", 0) == 0
+    assert generate.run(ctx, batch, backend=backend) == {"batch": 0, "skipped": 6}  # regenerate_2
+    assert qa_stage.run(ctx, batch, regeneration=2).get("qa_passed", 0) == 0  # qa_2: nothing new
 
-    assert summary["regenerated"] == 2  # the blank one and the duplicate, once each
     with ctx.catalog.session() as s:
         by_variant = {a.variant_id: a for a in s.scalars(select(Asset))}
         failed = by_variant[blank]
@@ -101,8 +110,8 @@ def test_qa_stage_regenerates_failures_flags_duplicates_and_draws_the_sheet(tmp_
         assert all(by_variant[v].phash for v in ids)
 
     # Checking again gives the same answers (the batch is compared in plan order).
-    again = qa_stage.run(ctx, batch, backend=backend)
-    assert again.get("regenerated", 0) == 0 and again["qa_failed"] == 2 and again["qa_passed"] == 4
+    again = qa_stage.run(ctx, batch)
+    assert again.get("to_regenerate", 0) == 0 and again["qa_failed"] == 2 and again["qa_passed"] == 4
 
     pp = postprocess_stage.run(ctx, batch)
     assert pp["assets"] == 4 and pp["derivatives"] == 8 and pp["failed"] == 0

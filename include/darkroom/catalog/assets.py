@@ -135,6 +135,12 @@ def recent_generate_seconds(catalog: Catalog, *, steps: int, width: int, height:
     return [t["generate_s"] for t in timings if t and t.get("generate_s")]
 
 
+def record_upscale(catalog: Catalog, asset_id: str, record: dict) -> None:
+    """The model upscaler's output for an asset: {uri, sha256, by, to} or {by, to, error}."""
+    with catalog.session() as s:
+        s.get(Asset, asset_id).upscaled = record
+
+
 # -- derivatives and publications -------------------------------------------------------------
 
 def record_derivative(catalog: Catalog, asset_id: str, channel: str, stored, *, width: int,

@@ -17,6 +17,7 @@ from darkroom.catalog.tables import (
     AssetStatus,
     Campaign,
     Derivative,
+    DeviceUse,
     PlanItem,
     Run,
     ValidationResult,
@@ -258,13 +259,13 @@ def _in_chunks(s, column, ids: list[str], *where) -> set:
 
 
 def store_plan(catalog: Catalog, run_pk: int, campaign_id: str, variants: list, batches: list[list],
-               rejected: list) -> set[str]:
+               rejected: list, routes: dict[str, str]) -> set[str]:
     """Store the new variants and the run's plan, in bulk (10,000 variants in one go).
 
     ``variants``: every rendered variant (``PlannedVariant``); ``batches``: the allowed ones,
-    batched; ``rejected``: those the policy refused, planned with their reasons. The plan is
-    rebuilt whole on a retry: same inputs, same rows. Returns the ids of the variants that
-    were new to the catalog."""
+    batched; ``rejected``: those the policy refused, planned with their reasons; ``routes``:
+    variant id -> the backend routing chose for it. The plan is rebuilt whole on a retry:
+    same inputs, same rows. Returns the ids of the variants that were new to the catalog."""
     with catalog.session() as s:
         ids = list(dict.fromkeys(v.id for v in variants))
         known = _in_chunks(s, Variant.id, ids)
@@ -280,11 +281,12 @@ def store_plan(catalog: Catalog, run_pk: int, campaign_id: str, variants: list, 
         for b, batch in enumerate(batches):
             for v in batch:
                 items.append(dict(run_pk=run_pk, variant_id=v.id, batch=b, position=position,
-                                  status="planned"))
+                                  status="planned", backend=routes.get(v.id)))
                 position += 1
         for v in rejected:
             items.append(dict(run_pk=run_pk, variant_id=v.id, batch=-1, position=position,
-                              status="policy_rejected", reason="; ".join(map(str, v.violations))))
+                              status="policy_rejected", reason="; ".join(map(str, v.violations)),
+                              backend=None))
             position += 1
         if items:
             s.execute(insert(PlanItem), items)
@@ -298,13 +300,14 @@ def already_generated(catalog: Catalog, variant_ids: list[str]) -> set[str]:
         return _in_chunks(s, Asset.variant_id, list(variant_ids), Asset.status != AssetStatus.failed)
 
 
-def planned(catalog: Catalog, run_pk: int, batch: int) -> list[Variant]:
-    """The batch's planned variants, in plan order (detached rows)."""
+def planned(catalog: Catalog, run_pk: int, batch: int) -> list[tuple[Variant, str | None]]:
+    """The batch's planned variants, in plan order (detached rows), each with the backend
+    routing chose for it when the run was planned (None: planned before that was recorded)."""
     with catalog.session() as s:
-        return list(s.scalars(
-            select(Variant).join(PlanItem, PlanItem.variant_id == Variant.id)
+        return [tuple(row) for row in s.execute(
+            select(Variant, PlanItem.backend).join(PlanItem, PlanItem.variant_id == Variant.id)
             .where(PlanItem.run_pk == run_pk, PlanItem.batch == batch, PlanItem.status == "planned")
-            .order_by(PlanItem.position)))
+            .order_by(PlanItem.position))]
 
 
 def plan_regenerations(catalog: Catalog, run_pk: int, batch: int, failed_variant_ids: list[str], *,
@@ -315,6 +318,8 @@ def plan_regenerations(catalog: Catalog, run_pk: int, batch: int, failed_variant
     new: list[str] = []
     with catalog.session() as s:
         position = s.scalar(select(func.max(PlanItem.position)).where(PlanItem.run_pk == run_pk)) or 0
+        routes = dict(s.execute(select(PlanItem.variant_id, PlanItem.backend).where(
+            PlanItem.run_pk == run_pk, PlanItem.variant_id.in_(failed_variant_ids))).all())
         for parent in s.scalars(select(Variant).where(Variant.id.in_(failed_variant_ids))):
             if parent.attempt >= limit:
                 continue
@@ -329,6 +334,25 @@ def plan_regenerations(catalog: Catalog, run_pk: int, batch: int, failed_variant
                 s.flush()
             if s.get(PlanItem, (run_pk, child_id)) is None:
                 position += 1
-                s.add(PlanItem(run_pk=run_pk, variant_id=child_id, batch=batch, position=position))
+                # The same product, the same facts: the parent's backend.
+                s.add(PlanItem(run_pk=run_pk, variant_id=child_id, batch=batch, position=position,
+                               backend=routes.get(parent.id)))
                 new.append(child_id)
     return new
+
+
+# -- what the GPU stages ran on -----------------------------------------------------------------
+
+def record_device_use(catalog: Catalog, run_pk: int, *, batch: int, stage: str, worker: str, use,
+                      images: int, seconds: float) -> None:
+    """One GPU-stage task's device (a ``generation.types.DeviceUse``), images and seconds."""
+    with catalog.session() as s:
+        s.add(DeviceUse(run_pk=run_pk, batch=batch, stage=stage, worker=worker, device=use.device,
+                        dtype=use.dtype, images=images, seconds=seconds,
+                        peak_memory_bytes=use.peak_memory_bytes))
+
+
+def device_use(catalog: Catalog, run_pk: int) -> list[DeviceUse]:
+    """What the run's GPU-stage tasks recorded, oldest first (detached rows)."""
+    with catalog.session() as s:
+        return list(s.scalars(select(DeviceUse).where(DeviceUse.run_pk == run_pk).order_by(DeviceUse.id)))

@@ -151,6 +151,9 @@ class PlanItem(Base):
     # planned | policy_rejected
     status: Mapped[str] = mapped_column(String(32), default="planned")
     reason: Mapped[str | None] = mapped_column(Text)
+    # The backend the spec's routing rules chose when the run was planned (0006): the GPU
+    # worker reads it instead of the product source.
+    backend: Mapped[str | None] = mapped_column(String(32))
 
 
 class Asset(Base):
@@ -186,8 +189,11 @@ class Asset(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     backend: Mapped[str] = mapped_column(String(32))
     timings: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Variant ids of the forward pass that made it (see inference.Result.forward_pass).
+    # Variant ids of the forward pass that made it (see generation.types.Result.forward_pass).
     forward_pass: Mapped[list | None] = mapped_column(JSON)
+    # The original upscaled by the model upscaler (0006), made on the GPU queue for the
+    # derivatives: {uri, sha256, by, to}, or {by, to, error} when it failed for this asset.
+    upscaled: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     variant: Mapped[Variant] = relationship()
@@ -267,6 +273,26 @@ class Review(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     asset: Mapped[Asset] = relationship(back_populates="reviews")
+
+
+class DeviceUse(Base):
+    """What one GPU-stage task (generate, a QA regeneration, upscale) ran on, and for how
+    long (0006): the device, the dtype, the seconds in model passes and the peak memory, as
+    that task measured them on its own worker. track reads these; it never probes its own."""
+
+    __tablename__ = "device_use"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("run.id"), index=True)
+    batch: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(32))  # generate | upscale
+    worker: Mapped[str] = mapped_column(String(250))  # the host Airflow says ran the task
+    device: Mapped[str] = mapped_column(String(128))  # cuda:0 NVIDIA H200 | cpu | remote
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    images: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Publication(Base):

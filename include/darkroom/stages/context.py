@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,12 +51,15 @@ class RunContext:
     storage: Storage
     s3_client_factory: object = None  # callable(aws_conn_id, endpoint_url) -> boto3 client
     sql_url_factory: object = None  # callable(conn_id) -> SQLAlchemy URL (postgres:// products)
+    #: The host this stage runs on, as the orchestrator names it (Airflow's task instance
+    #: hostname); recorded with what the GPU stages measure on it.
+    worker: str = field(default_factory=socket.gethostname)
     _run_pk: int | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, spec_path: str | Path, dag_id: str, run_id: str, conf: dict | None = None,
              settings: Settings | None = None, s3_client=None, s3_client_factory=None,
-             sql_url_factory=None) -> RunContext:
+             sql_url_factory=None, worker: str | None = None) -> RunContext:
         settings = settings or Settings.from_env()
         return cls(
             loaded=load_spec(spec_path),
@@ -68,6 +72,7 @@ class RunContext:
                                  endpoint_url=settings.s3_endpoint_url),
             s3_client_factory=s3_client_factory,
             sql_url_factory=sql_url_factory,
+            worker=worker or socket.gethostname(),
         )
 
     @property

@@ -1,11 +1,15 @@
-"""generate: the GPU stage. One mapped task draws one batch of planned variants in forward
-passes of ``generation.batch_size`` images; each image is written (a PNG with its provenance
-inside) and recorded in the catalog as it finishes, so a retry redraws only what is missing.
+"""generate: the GPU stage. One mapped task draws the planned variants of one batch that have
+no image yet, in forward passes of ``generation.batch_size`` images: the first drawings, and
+after a QA round the regenerations QA planned (the DAG's ``regenerate_N`` tasks run this same
+stage). Each image is written (a PNG with its provenance inside) and recorded in the catalog
+as it finishes, so a retry redraws only what is missing. The task records what it ran on
+(device, dtype, seconds in model passes, peak memory) for track to read.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -16,8 +20,7 @@ from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import AssetStatus, Variant
 from darkroom.generation import resolve, routing
 from darkroom.generation.passes import generate_halving
-from darkroom.generation.types import InvalidRequest, Request
-from darkroom.products import frame_to_rows
+from darkroom.generation.types import PRIVATE_BACKENDS, InvalidRequest, Request, device_use
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri, sha256_bytes
 
@@ -35,7 +38,8 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
     ref, g = resolve.for_campaign(ctx.loaded, ctx.settings, ctx.conf.model_version)
     runs.record_model(ctx.catalog, ctx.run_pk, ref)
     # 2. Skip variants already generated with this identity (retries, re-runs, refreshes).
-    variants = runs.planned(ctx.catalog, ctx.run_pk, batch)
+    planned = runs.planned(ctx.catalog, ctx.run_pk, batch)
+    variants = [v for v, _ in planned]
     asset_ids = {v.id: ids.asset_id(v.id, ref.identity) for v in variants}
     done = assets.generated_ids(ctx.catalog, asset_ids.values())
     todo = [v for v in variants if asset_ids[v.id] not in done]
@@ -44,19 +48,29 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
              batch, len(variants), counts["skipped"], ref.name, ref.version, len(todo))
     if not todo:
         return {"batch": batch, **counts}
-    # 3. The backend: generation.backend, or the one a routing rule picks per variant.
+    # 3. The backends routing chose for each variant when the run was planned.
     if backend is None:
-        backend = routing.backend_for_batch(routes(ctx, todo), ref, ctx.settings, g, ctx.loaded.resolve)
+        todo_ids = {v.id for v in todo}
+        routes = {v.id: chosen or planned_route(ctx, v) for v, chosen in planned if v.id in todo_ids}
+        backend = routing.backend_for_batch(routes, ref, ctx.settings, g, ctx.loaded.resolve)
     sampler = backend.sampler_name(g.scheduler)
+    reset = getattr(backend, "reset_peak_memory", None)
+    if reset is not None:
+        reset()
     # 4. Batched inference, g.batch_size images per forward pass (a short last pass is padded:
     #    the pass size, not its company, decides a variant's pixels).
+    seconds = 0.0
     for start in range(0, len(todo), g.batch_size):
         chunk = todo[start : start + g.batch_size]
         try:
             requests = [request_for(ctx, v, g) for v in chunk]
-            results = generate_halving(
-                backend, requests, pass_size=g.batch_size,
-                on_halve=lambda n, h: log.warning("Out of memory at batch size %d: retrying as %d", n, h))
+            started = time.perf_counter()
+            try:
+                results = generate_halving(
+                    backend, requests, pass_size=g.batch_size,
+                    on_halve=lambda n, h: log.warning("Out of memory at batch size %d: retrying as %d", n, h))
+            finally:
+                seconds += time.perf_counter() - started
         except Exception as exc:  # recorded per variant; the next run retries them
             reason = failure_reason(exc)
             log.error("Batch %d: %d images failed: %s", batch, len(chunk), reason)
@@ -76,23 +90,23 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
             counts["generated"] += 1
             if progress:
                 progress(1)
-    log.info("Batch %d: generated %d, skipped %d, failed %d", batch, counts["generated"],
-             counts["skipped"], counts["failed"])
+    # 6. What this task ran on, measured here, on the worker that ran it.
+    use = device_use(backend)
+    runs.record_device_use(ctx.catalog, ctx.run_pk, batch=batch, stage="generate", worker=ctx.worker,
+                           use=use, images=counts["generated"], seconds=round(seconds, 4))
+    log.info("Batch %d: generated %d, skipped %d, failed %d on %s (%s), %.1f s in model passes",
+             batch, counts["generated"], counts["skipped"], counts["failed"], use.device, ctx.worker, seconds)
     return {"batch": batch, **counts}
 
 
-def routes(ctx: RunContext, variants: list[Variant]) -> dict[str, str]:
-    """variant id -> backend name, by the spec's routing rules (product rows when they ask)."""
-    rows = None
+def planned_route(ctx: RunContext, v: Variant) -> str:
+    """The backend of a variant planned before routes were recorded on the plan: the spec's
+    rules on what is known without the product row; a rule that needs the row fails closed,
+    onto a private backend."""
+    g = ctx.spec.generation
     if routing.needs_products(ctx.spec):
-        columns = ctx.spec.products.columns
-        rows = {}
-        for row in frame_to_rows(ctx.products_frame()):
-            product = dict(row)
-            for name, column in columns.items():  # rules may use the mapped names
-                product[name] = row.get(column)
-            rows[str(row[ctx.spec.products.id_column])] = product
-    return routing.routes_for(ctx.spec, variants, rows)
+        return g.backend if g.backend in PRIVATE_BACKENDS else "local"
+    return routing.backend_for(ctx.spec, {**routing.campaign_facts(ctx.spec), "asset_type": v.asset_type})
 
 
 def request_for(ctx: RunContext, v: Variant, g) -> Request:

@@ -1,6 +1,7 @@
 """expand_prompts: templates x product rows x asset types x locales x seeds -> variants with
 stable ids, stored in the catalog with this run's plan, chunked into the batches the DAG maps
-over.
+over. Each planned variant carries the backend the spec's routing rules chose for it, so the
+GPU workers never read the product source.
 
 Variant ids are hashes of their identity, so a re-run (or a scheduled refresh) finds the
 variants it already has, stores only the new ones, and generate skips what exists.
@@ -17,6 +18,7 @@ from darkroom import prompts
 from darkroom.catalog import assets, runs
 from darkroom.config import PROJECT_ROOT
 from darkroom.errors import PolicyError, ValidationFailed
+from darkroom.generation import routing
 from darkroom.products import frame_to_rows
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri, sha256_bytes
@@ -38,11 +40,13 @@ def run(ctx: RunContext) -> list[int]:
     # 3. Batches: never more mapped tasks than the spec's ceiling.
     g = ctx.spec.generation
     batches = prompts.chunk(allowed, g.variants_per_task, g.max_mapped_tasks)
-    # 4. Store new variants and the run's plan, in bulk.
-    new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected)
+    # 4. Routing: each variant's backend, from its facts (product columns when rules ask).
+    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, rows))
+    # 5. Store new variants and the run's plan, in bulk.
+    new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected, routes)
     done = runs.already_generated(ctx.catalog, [v.id for v in allowed])
     to_generate = len(allowed) - len(done)
-    # 5. The plan as text (estimated GPU time and cost) and the run's summary.
+    # 6. The plan as text (estimated GPU time and cost) and the run's summary.
     size = len(batches[0]) if batches else 0
     text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), new=to_generate, size=size)
     new_allowed = sum(1 for v in allowed if v.id in new)
@@ -88,6 +92,21 @@ def input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
                                        "existing file or s3:// object") from exc
             entry[key] = {"uri": uri, "sha256": sha256_bytes(data)}
         out[pid] = entry
+    return out
+
+
+def routing_rows(ctx: RunContext, rows: list[dict]) -> dict[str, dict] | None:
+    """Product id -> row with the spec's column map applied (rules may use the mapped names);
+    None when no routing rule tests a product column."""
+    if not routing.needs_products(ctx.spec):
+        return None
+    p = ctx.spec.products
+    out = {}
+    for row in rows:
+        product = dict(row)
+        for name, column in p.columns.items():
+            product[name] = row.get(column)
+        out[str(row[p.id_column])] = product
     return out
 
 

@@ -1,6 +1,7 @@
 """postprocess: each QA-passed asset's channel derivatives (darkroom.postprocess recipes:
 crop or pad, resize, overlays, format), provenance carried into each; rendered in parallel
-over the machine's cores, streaming, each stored and recorded as it comes back."""
+over the machine's cores, streaming, each stored and recorded as it comes back. A model
+upscaler's output was made on the GPU queue (the upscale stage) and is only read here."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from darkroom import postprocess as recipes
 from darkroom.catalog import assets
 from darkroom.catalog.tables import REVIEWABLE, Asset
 from darkroom.parallel import default_workers, pool_size, process_map
+from darkroom.stages import upscale
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri
 
@@ -22,14 +24,13 @@ def run(ctx: RunContext, batch: int) -> dict:
     # 1. A recipe that cannot work (missing logo or font, no upscaler) fails the task now,
     #    with the field to fix, instead of failing every asset one by one.
     recipes.check_recipes(channels, model_upscaler=ctx.spec.generation.upscaler)
+    model_upscaled = ctx.spec.uses_model_upscaler
     todo = assets.of_batch(ctx.catalog, ctx.run_pk, batch, REVIEWABLE)
     largest = max((c.width * c.height for c in channels.values()), default=0)
     workers = pool_size(len(todo), largest, ctx.spec.qa.workers or default_workers())
     made = failed = 0
     # 2. Render in worker processes; store each derivative and its row as it comes back.
-    #    A model upscaler (generation.upscaler) runs here, in this process, as jobs are pulled.
-    upscaled_jobs = recipes.model_upscaled(jobs(ctx, todo), ctx.spec.generation.upscaler)
-    for asset, res in process_map(recipes.render_all, upscaled_jobs, workers=workers):
+    for asset, res in process_map(recipes.render_all, jobs(ctx, todo, model_upscaled), workers=workers):
         if isinstance(res, Exception):  # one bad original never stops the batch
             log.error("Postprocess: asset %s failed: %s", asset.id, res)
             assets.fail(ctx.catalog, asset.id, f"postprocess: {type(res).__name__}: {res}")
@@ -43,13 +44,20 @@ def run(ctx: RunContext, batch: int) -> dict:
     return {"batch": batch, "derivatives": made, "assets": len(todo), "failed": failed}
 
 
-def jobs(ctx: RunContext, todo: list[Asset]):
-    """process_map jobs for render_all: the original, its channels' recipes, its locale."""
+def jobs(ctx: RunContext, todo: list[Asset], model_upscaled: bool):
+    """process_map jobs for render_all: the original, its channels' recipes, its locale, and
+    the model upscaler's output when the spec has one and a channel needs it."""
     channels = ctx.spec.channels
     for a in todo:
         v = a.variant
-        yield a, (read_uri(a.uri, s3_client=ctx.s3), {n: channels[n] for n in v.channels}), \
-            {"locale": (v.params or {}).get("locale")}
+        original = read_uri(a.uri, s3_client=ctx.s3)
+        recipe = {n: channels[n] for n in v.channels}
+        kwargs = {"locale": (v.params or {}).get("locale")}
+        if model_upscaled and recipes.upscale_target(original, recipe):
+            kwargs["upscaled"] = upscale.upscaled_for(ctx, a) or recipes.Upscaled(
+                ctx.spec.generation.upscaler, recipes.upscale_target(original, recipe),
+                error="no model-upscaled original is recorded: the batch's upscale task did not run")
+        yield a, (original, recipe), kwargs
 
 
 def store(ctx: RunContext, asset: Asset, d: recipes.Rendered) -> None:

@@ -3,8 +3,9 @@ asset's status: qa_passed, qa_failed or needs_review), never a task failure.
 
 Image checks run in parallel over the machine's cores (``qa.workers``), streaming; the
 near-duplicate check runs here, in plan order, against the campaign's approved hashes and
-the run's. With ``qa.max_regenerations`` > 0, a failed variant gets a linked new variant with
-the next seed, which is generated and checked in turn.
+the run's. With ``qa.max_regenerations`` > 0, QA plans a linked new variant (the next seed)
+for each failed one; a GPU task (``regenerate_N``: the generate stage) draws them and the
+next QA round checks them, up to ``max_regenerations`` rounds. QA itself never loads a model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from darkroom import qa
 from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import Asset, AssetStatus
 from darkroom.parallel import default_workers, pool_size, process_map
-from darkroom.stages import generate
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri
 
@@ -27,36 +27,32 @@ QA_INPUT = (AssetStatus.generated, AssetStatus.qa_passed, AssetStatus.qa_failed,
             AssetStatus.needs_review)
 
 
-def run(ctx: RunContext, batch: int, backend=None) -> dict:
-    """Check each generated image of the batch; store every result and the outcome.
+def run(ctx: RunContext, batch: int, regeneration: int = 0) -> dict:
+    """Check the batch's images; store every result and the outcome; plan regenerations of
+    the failed ones while rounds are left. Returns the counts, ``to_regenerate`` among them.
 
-    :param backend: draws the regenerated variants (default: the run's model).
+    :param regeneration: 0 checks every undecided image of the batch (a retry checks them
+        again, with the same answers); N checks the images the N-th regeneration drew.
     """
     counts: Counter = Counter()
-    only: set[str] | None = None  # None: every asset of the batch; then only regenerated ones
-    for attempt in range(ctx.spec.qa.max_regenerations + 1):
-        failed = check(ctx, batch, counts, only)
-        if attempt == ctx.spec.qa.max_regenerations or not failed:
-            break
-        new = plan_regenerations(ctx, batch, failed)
-        if not new:
-            break
-        generate.run(ctx, batch, backend=backend)
-        only = {a.id for a in assets.of_batch(ctx.catalog, ctx.run_pk, batch, [AssetStatus.generated])
-                if a.variant_id in set(new)}
-        counts["regenerated"] += len(new)
-    log.info("QA batch %d: %d checked, %d passed, %d need review, %d failed, %d regenerated", batch,
+    # 1-4. Check: first everything undecided, after a regeneration what it drew.
+    statuses = QA_INPUT if regeneration == 0 else (AssetStatus.generated,)
+    failed = check(ctx, batch, counts, statuses)
+    # 5. Plan the next drawing of each failed variant, while rounds are left.
+    if failed and regeneration < ctx.spec.qa.max_regenerations:
+        counts["to_regenerate"] = len(plan_regenerations(ctx, batch, failed))
+    log.info("QA batch %d (after %d regenerations): %d checked, %d passed, %d need review, %d failed, "
+             "%d to regenerate", batch, regeneration,
              sum(counts[k] for k in ("qa_passed", "qa_failed", "needs_review")), counts["qa_passed"],
-             counts["needs_review"], counts["qa_failed"], counts["regenerated"])
-    return {"batch": batch, **counts}
+             counts["needs_review"], counts["qa_failed"], counts["to_regenerate"])
+    return {"batch": batch, "regeneration": regeneration, **counts}
 
 
-def check(ctx: RunContext, batch: int, counts: Counter, only: set[str] | None) -> list[str]:
-    """QA the batch's undecided assets (or ``only`` these); return the failed variant ids."""
+def check(ctx: RunContext, batch: int, counts: Counter, statuses) -> list[str]:
+    """QA the batch's undecided assets in ``statuses``; return the failed variant ids."""
     spec = ctx.spec
     # 1. The assets to check, with each one's rubric (its asset type's checks).
-    todo = [a for a in assets.of_batch(ctx.catalog, ctx.run_pk, batch, QA_INPUT)
-            if not a.reviews and (only is None or a.id in only)]
+    todo = [a for a in assets.of_batch(ctx.catalog, ctx.run_pk, batch, statuses) if not a.reviews]
     rubrics = {a.id: spec.qa.for_asset_type(a.variant.asset_type) for a in todo}
     # 2. The hashes to compare against: approved assets of the campaign, this run's others.
     index = duplicate_index(ctx, rubrics.values(), exclude={a.id for a in todo})

@@ -1,5 +1,6 @@
 """track: the run's contact sheet, then its MLflow run (params, metrics, artifacts), all read
-from the catalog: what generate recorded is what gets tracked."""
+from the catalog: what generate recorded is what gets tracked, the device the GPU stages ran on
+and their GPU seconds included. track runs on a CPU worker and never probes its own device."""
 
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ def run(ctx: RunContext) -> dict:
     # 2. What the catalog knows of the run and its assets.
     run_ref = runs.get(ctx.catalog, ctx.run_pk)
     run_assets = assets.of_run(ctx.catalog, ctx.run_pk)
+    used = runs.device_use(ctx.catalog, ctx.run_pk)
     # 3. The MLflow run: params, metrics, artifacts.
     mlflow_run_id = tracking.log_run(
         ctx.settings, campaign_id=ctx.spec.id, dag_id=ctx.dag_id, run_id=ctx.run_id,
-        tags=run_tags(ctx, run_ref), params=run_params(ctx, run_ref, run_assets),
-        metrics=run_metrics(ctx, run_assets, run_ref.summary), artifacts=artifacts(ctx, sheet_uri),
+        tags=run_tags(ctx, run_ref, used), params=run_params(ctx, run_ref, run_assets),
+        metrics=run_metrics(ctx, run_assets, run_ref.summary, used), artifacts=artifacts(ctx, sheet_uri),
         samples=samples(ctx, run_assets), table=asset_table(run_assets))
     runs.set_mlflow_run(ctx.catalog, ctx.run_pk, mlflow_run_id)
     log.info("Tracked run in MLflow %s (run %s); contact sheet %s",
@@ -65,13 +67,17 @@ def contact_sheet(ctx: RunContext) -> str:
     return stored.uri
 
 
-def run_tags(ctx: RunContext, run_ref: runs.RunRef) -> dict:
+def run_tags(ctx: RunContext, run_ref: runs.RunRef, used: list) -> dict:
+    """The spec, the model version, and where the GPU stages ran: their devices, dtypes and
+    workers as they recorded them (several when tasks ran on different hosts)."""
     model = run_ref.summary.get("model") or {}
-    # The device the generate tasks ran on: probed here, on this worker (see docs/architecture.md).
-    from darkroom.generation.local import pick_device  # torch: only this probe needs it
+
+    def joined(values) -> str:
+        return ", ".join(sorted({v for v in values if v}))
 
     return {"spec_hash": ctx.spec.spec_hash, "model_version": run_ref.model_version or "",
-            "model_profile": model.get("profile", ""), "device": pick_device(ctx.spec.generation.device)[0]}
+            "model_profile": model.get("profile", ""), "device": joined(u.device for u in used),
+            "dtype": joined(u.dtype for u in used), "gpu_workers": joined(u.worker for u in used)}
 
 
 def run_params(ctx: RunContext, run_ref: runs.RunRef, run_assets: list[Asset]) -> dict:
@@ -101,9 +107,10 @@ def run_params(ctx: RunContext, run_ref: runs.RunRef, run_assets: list[Asset]) -
     }
 
 
-def run_metrics(ctx: RunContext, run_assets: list[Asset], summary: dict) -> dict:
+def run_metrics(ctx: RunContext, run_assets: list[Asset], summary: dict, used: list) -> dict:
     """Counts and rates of the run: generated, QA outcomes and failures by check, decisions,
-    seconds, GPU seconds and their estimated cost."""
+    seconds; GPU seconds (the GPU stages' seconds in model passes, as they recorded them),
+    their estimated cost and the peak memory."""
     statuses = Counter(a.status for a in run_assets)
     failures = Counter(q.check for a in run_assets for q in a.qa_results if not q.passed)
     generated = [a for a in run_assets if a.uri]
@@ -112,8 +119,8 @@ def run_metrics(ctx: RunContext, run_assets: list[Asset], summary: dict) -> dict
     checked = [a for a in run_assets if a.qa_results]
     passed = sum(1 for a in checked if all(q.passed for q in a.qa_results))
     decided = Counter(a.reviews[-1].decision for a in run_assets if a.reviews)
-    on_gpu = run_tags(ctx, runs.get(ctx.catalog, ctx.run_pk))["device"] != "cpu"
-    gpu_seconds = gen_seconds if on_gpu else 0.0
+    gpu_seconds = sum(u.seconds for u in used)
+    peaks = [u.peak_memory_bytes for u in used if u.peak_memory_bytes]
     price = ctx.settings.gpu_price(ctx.spec.generation.cost_per_gpu_hour)
     metrics = {
         "variants_planned": summary.get("planned", 0),
@@ -128,7 +135,9 @@ def run_metrics(ctx: RunContext, run_assets: list[Asset], summary: dict) -> dict
         "generate_seconds": gen_seconds,
         "images_per_second": len(generated) / gen_seconds if gen_seconds else 0.0,
         "gpu_seconds": gpu_seconds,
+        "upscale_gpu_seconds": sum(u.seconds for u in used if u.stage == "upscale"),
         "estimated_cost": gpu_seconds / 3600 * price,
+        "peak_memory_mb": round(max(peaks) / 2**20, 1) if peaks else 0.0,
     }
     metrics.update({f"qa_fail_{k}": v for k, v in failures.items()})
     return metrics
