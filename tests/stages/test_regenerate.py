@@ -208,10 +208,12 @@ def test_mlflow_run_has_tags_params_metrics_and_artifacts(scenario):
     assert len(table["data"]) == 3 and "supersedes" in table["columns"]
     # One MLflow run per DAG run: tracking again logs into the same run.
     ctx = RunContext.open(scenario["spec"], "campaign__summer_social", "manual__regen", {"limit": 3},
-                                 settings=scenario["settings"])
+                          settings=scenario["settings"])
     from darkroom import tracking
+    from darkroom.stages import track
 
-    assert tracking.find_run(ctx) == run.info.run_id
+    assert tracking.find_mlflow_run(ctx.settings, ctx.spec.id, ctx.dag_id, ctx.run_id) == run.info.run_id
+    assert track.run(ctx)["mlflow_run_id"] == run.info.run_id
 
 
 def test_compare_puts_contact_sheets_side_by_side(scenario, tmp_path):
