@@ -2,9 +2,11 @@
 ### Campaign DAGs
 
 One DAG per campaign spec in `include/campaigns/`: `campaign__<id>`. Each run validates the
-product data, expands prompt variants, generates images in mapped batches, checks and
-post-processes them (QA regeneration rounds and the model upscaler on the GPU queue, as
-generate), tracks the run in MLflow, waits for reviewers, and publishes what they approved.
+product data, expands prompt variants, then sends each batch of variants through a mapped
+task group (generate on the GPU queue, QA, any QA regeneration rounds and the model upscaler
+on the GPU queue, derivatives), tracks the run in MLflow, waits for reviewers, and publishes
+what they approved. Batches stream: batch k's QA and derivatives run while batch k+1 is
+generated, and reviewers can decide on the first batches while later ones are drawn.
 
 Parsing stays cheap: only YAML and pydantic run here. Models, the catalog, Great
 Expectations and MLflow are touched inside tasks.
@@ -15,7 +17,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
 from darkroom.config import Settings
 from darkroom.errors import SpecError
 from darkroom.generation.routing import pool_for
@@ -31,6 +33,10 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
+    # A batch's later stages before the next batch's first: on the GPU pool a QA regeneration
+    # or the upscaler of batch k goes before batch k+1's generate, so what reviewers can see
+    # comes first.
+    "weight_rule": "upstream",
 }
 
 
@@ -122,20 +128,23 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         # publishing stay on the default queue.
         routing = SETTINGS.gpu_routing(spec.generation.queue, pool_for(spec))
 
+        # One mapped group instance per batch, its tasks mapped with it (same task ids: the
+        # group adds no prefix): each batch moves on as soon as its own previous stage ends.
+        @task_group(group_id="batch", prefix_group_id=False)
+        def each_batch(batch: int):
+            generated = GenerateImagesOperator(task_id="generate", spec_path=path, batch=batch, **routing)
+            checked = qa(generated.output)
+            for n in range(1, spec.qa.max_regenerations + 1):
+                redrawn = GenerateImagesOperator(task_id=f"regenerate_{n}", spec_path=path, batch=checked,
+                                                 **routing)
+                checked = qa.override(task_id=f"qa_{n}")(redrawn.output, regeneration=n)
+            if spec.uses_model_upscaler:
+                checked = upscale.override(**routing)(checked)
+            return postprocess(checked)
+
         batches = expand_prompts()
         validate_inputs() >> batches
-        generated = GenerateImagesOperator.partial(task_id="generate", spec_path=path, **routing).expand(
-            batch=batches
-        )
-        checked = qa.expand(batch=generated.output)
-        for n in range(1, spec.qa.max_regenerations + 1):
-            redrawn = GenerateImagesOperator.partial(task_id=f"regenerate_{n}", spec_path=path,
-                                                     **routing).expand(batch=checked)
-            checked = qa.override(task_id=f"qa_{n}").partial(regeneration=n).expand(batch=redrawn.output)
-        if spec.uses_model_upscaler:
-            checked = upscale.override(**routing).expand(batch=checked)
-        processed = postprocess.expand(batch=checked)
-        tracked = track(processed)
+        tracked = track(each_batch.expand(batch=batches))
         approvals = CampaignApprovalSensor(task_id="await_approval", spec_path=path)
         tracked >> approvals
         publish(approvals.output)

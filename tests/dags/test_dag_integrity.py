@@ -72,11 +72,17 @@ def test_stage_shape(dag):
              "await_approval", "publish"]
     for up, down in zip(chain, chain[1:], strict=False):
         assert down in tasks[up].downstream_task_ids, f"{up} -> {down} missing"
-    from airflow.sdk.definitions.mappedoperator import MappedOperator
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
 
+    # The batch stages are one mapped task group over expand_prompts' batches (never over
+    # single images): batch k's qa waits for batch k's generate only, so batches stream.
+    group = tasks["generate"].task_group
+    assert isinstance(group, MappedTaskGroup) and group.group_id == "batch"
     for mapped in ("generate", "qa", "postprocess"):
-        assert isinstance(tasks[mapped], MappedOperator), f"{mapped} must map over batches"
-    assert type(tasks["generate"]).__name__ == "MappedOperator"
+        assert tasks[mapped].task_group is group, f"{mapped} must map over batches"
+    assert tasks["qa"].upstream_task_ids == {"generate"}
+    assert tasks["postprocess"].upstream_task_ids == {"qa"}
+    assert type(tasks["generate"]).__name__ == "GenerateImagesOperator"
     assert tasks["publish"].outlets, "publish must emit an Airflow Asset"
 
 

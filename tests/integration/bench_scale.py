@@ -356,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                 run["summary"] = summarise(run, args.images)
                 print(json.dumps(run["summary"]), flush=True)
                 results.append(run)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip()
     result = {
-        "stage": "scale", "images": args.images, "per_task": args.per_task, "steps": args.steps,
+        "stage": "scale", "commit": commit, "images": args.images, "per_task": args.per_task, "steps": args.steps,
         "size": args.size, "seeds_per_variant": 2, "gpu_workers": 1, "gpu_pool_slots": 1,
         "celery_pool": "solo", "executor": "CeleryExecutor",
         "machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
