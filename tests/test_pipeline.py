@@ -45,7 +45,8 @@ def _ctx(spec: Path, settings: Settings, conf=None, run_id="manual__1", s3=None)
 
 
 @pytest.mark.usefixtures("use_tiny_model")
-def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3_client, bucket):
+def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3_client, bucket, monkeypatch):
+    monkeypatch.setenv("DARKROOM_PUBLISH_ROOTS", str(tmp_path / "dam"))  # a DAM folder outside $DARKROOM_HOME
     spec = _spec(tmp_path, lambda d: d.update(publish=[
         {"kind": "s3", "bucket": bucket, "prefix": "dam"},
         {"kind": "folder", "path": str(tmp_path / "dam")},

@@ -136,11 +136,11 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Two runs side by side: their contact sheets in one PNG, QA metrics in a table."""
+    from darkroom.ids import key_part
     from darkroom.lineage import compare_runs
-    from darkroom.models import safe_key
 
     settings = Settings.from_env()
-    out = out or settings.home / "compare" / f"{safe_key(run_a)}__vs__{safe_key(run_b)}.png"
+    out = out or settings.home / "compare" / f"{key_part(run_a)}__vs__{key_part(run_b)}.png"
     result = compare_runs(_catalog(), run_a, run_b, out)
     if as_json:
         print(json.dumps(result, indent=2, default=str))

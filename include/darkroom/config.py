@@ -18,6 +18,10 @@ def _home() -> Path:
     return Path(os.environ.get("DARKROOM_HOME", PROJECT_ROOT / ".darkroom")).resolve()
 
 
+def _paths(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p).resolve() for p in value.split(os.pathsep) if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Build with :func:`Settings.from_env`."""
@@ -29,6 +33,10 @@ class Settings:
     mlflow_tracking_uri: str
     tiny_model_dir: Path
     s3_endpoint_url: str | None = None
+    # Folders beyond the built-in ones that campaigns may read files from, and publish to
+    # (darkroom.confine): os.pathsep-separated lists.
+    input_roots: tuple[Path, ...] = ()
+    publish_roots: tuple[Path, ...] = ()
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -50,6 +58,8 @@ class Settings:
             ),
             s3_endpoint_url=os.environ.get("DARKROOM_S3_ENDPOINT_URL")
             or os.environ.get("AWS_ENDPOINT_URL_S3"),
+            input_roots=_paths(os.environ.get("DARKROOM_INPUT_ROOTS", "")),
+            publish_roots=_paths(os.environ.get("DARKROOM_PUBLISH_ROOTS", "")),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from darkroom.ids import key_part
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -95,11 +97,7 @@ class Run(Base):
     @property
     def key(self) -> str:
         """A path-safe name for the run, used in storage keys."""
-        return safe_key(self.run_id)
-
-
-def safe_key(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+        return key_part(self.run_id)
 
 
 class ValidationResult(Base):

@@ -21,16 +21,29 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from darkroom import confine
+from darkroom.errors import ValidationFailed
+from darkroom.ids import key_part
 from darkroom.models import Asset, AssetStatus, Publication, Review, Run
 from darkroom.storage import FileStorage, S3Storage, Storage, read_uri
 
 log = logging.getLogger("darkroom")
 
 
+def destination_root(ctx, dest) -> Path | None:
+    """A folder destination's resolved folder (under $DARKROOM_HOME or a publish root)."""
+    if dest.kind != "folder":
+        return None
+    try:
+        return confine.publish_folder(dest.path, ctx.settings)
+    except confine.OutsideRoots as exc:
+        raise ValidationFailed(f"{ctx.loaded.path}: field `publish` folder path = {dest.path!r}: "
+                               f"{exc}") from None
+
+
 def destination_storage(ctx, dest) -> Storage:
     if dest.kind == "folder":
-        path = Path(dest.path)
-        return FileStorage(path if path.is_absolute() else ctx.settings.home / path)
+        return FileStorage(destination_root(ctx, dest))
     endpoint = dest.endpoint_url or ctx.settings.s3_endpoint_url
     client = ctx.s3_client_factory(dest.aws_conn_id, endpoint) if ctx.s3_client_factory else None
     return S3Storage(dest.bucket, dest.prefix, client=client, endpoint_url=endpoint)
@@ -59,7 +72,8 @@ def publish_run(ctx) -> dict:
     for _dest, store in targets:
         for asset, variant, deriv, approval in work:
             ext = deriv.uri.rsplit(".", 1)[-1]
-            key = f"{spec.id}/{deriv.channel}/{variant.product_id}-{variant.id}-v{asset.version}.{ext}"
+            key = (f"{spec.id}/{key_part(deriv.channel)}/"
+                   f"{key_part(variant.product_id)}-{variant.id}-v{asset.version}.{ext}")
             uri = store.uri_for(key)
             there = store.stat(uri)
             if there is None or there.sha256 != deriv.sha256 or there.bytes != deriv.bytes:

@@ -16,9 +16,12 @@ import yaml
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from darkroom import confine
+from darkroom.config import Settings
 from darkroom.errors import SpecError
 
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
+CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
 
@@ -62,8 +65,13 @@ class ProductSource(_Model):
         None, description="generation.mode inpaint: column of mask image paths (white = repaint)"
     )
     reference_image_column: str | None = Field(
-        None, description="Column of reference image paths (relative to the spec), s3:// or "
-        "http(s):// URLs; validation checks each one exists"
+        None, description="Column of reference image paths (relative to the spec) or s3:// URIs; "
+        "validation checks each one exists and lies under an allowed root (darkroom.confine)"
+    )
+    image_roots: list[str] = Field(
+        default_factory=list,
+        description="Where reference and mask images may come from besides the spec's and the "
+        "product data's folders: s3://bucket/prefix/ or local folders",
     )
 
     @field_validator("source")
@@ -461,9 +469,19 @@ class Approval(_Model):
         return int(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+def _no_parent_segments(v: str) -> str:
+    if ".." in v.replace("\\", "/").split("/") or "\x00" in v:
+        raise ValueError("must not contain '..' segments (it would leave the folder it names); "
+                         "fix: give the folder itself")
+    return v
+
+
 class FolderDestination(_Model):
     kind: Literal["folder"]
-    path: str = Field(description="DAM drop folder; relative paths are under $DARKROOM_HOME")
+    path: str = Field(description="DAM drop folder; relative paths are under $DARKROOM_HOME, "
+                      "absolute ones must be under $DARKROOM_PUBLISH_ROOTS")
+
+    _path_stays = field_validator("path")(_no_parent_segments)
 
 
 class S3Destination(_Model):
@@ -472,6 +490,8 @@ class S3Destination(_Model):
     prefix: str = ""
     aws_conn_id: str = "aws_default"
     endpoint_url: str | None = None
+
+    _prefix_stays = field_validator("prefix")(_no_parent_segments)
 
 
 Destination = Annotated[FolderDestination | S3Destination, Field(discriminator="kind")]
@@ -492,6 +512,16 @@ class CampaignSpec(_Model):
     qa: QARubric = QARubric()
     approval: Approval = Approval()
     publish: list[Destination] = Field(default_factory=list)
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, v: dict) -> dict:
+        bad = [name for name in v if not re.fullmatch(CHANNEL_PATTERN, name)]
+        if bad:
+            raise ValueError(f"channel name {bad[0]!r} is not allowed: channel names become folder "
+                             "and file names; fix: use lower-case letters, digits, '_' and '-' "
+                             "(start with a letter or digit, at most 63 characters)")
+        return v
 
     @model_validator(mode="after")
     def _channels_exist(self) -> CampaignSpec:
@@ -546,6 +576,15 @@ class LoadedSpec(BaseModel):
     def product_source(self) -> str:
         src = self.spec.products.source
         return src if src.startswith(("s3://", SQL_SCHEME)) else str(self.resolve(src))
+
+    def image_roots(self, settings: Settings) -> list:
+        """Where this campaign's reference and mask images may come from (darkroom.confine)."""
+        return confine.image_roots(self.path.parent, self.product_source,
+                                   self.spec.products.image_roots, settings)
+
+    def image_uri(self, value: str, settings: Settings) -> str:
+        """A reference or mask image's URI, or :class:`confine.OutsideRoots` saying why not."""
+        return confine.image_uri(value, self.path.parent, self.image_roots(settings))
 
 
 # -- loading ------------------------------------------------------------------------
@@ -621,18 +660,22 @@ def _check_files_and_templates(loaded: LoadedSpec) -> list[str]:
     from darkroom.prompts import template_environment
 
     spec, problems = loaded.spec, []
-    if not spec.products.source.startswith(("s3://", SQL_SCHEME)):
-        src = loaded.resolve(spec.products.source)
-        if not src.is_file():
-            problems.append(
-                f"field `products.source` = {spec.products.source!r}: file {src} does not exist; "
-                "fix: give a path relative to the spec file"
-            )
-    if spec.brand.restricted_terms_file and not loaded.resolve(spec.brand.restricted_terms_file).is_file():
-        problems.append(
-            f"field `brand.restricted_terms_file` = {spec.brand.restricted_terms_file!r}: "
-            "file does not exist; fix: give a path relative to the spec file"
-        )
+    roots = confine.spec_roots(loaded.path.parent, Settings.from_env())
+    files = [("products.source", spec.products.source)] if not spec.products.source.startswith(
+        ("s3://", SQL_SCHEME)) else []
+    files += [("brand.restricted_terms_file", spec.brand.restricted_terms_file)]
+    for name, value in files:
+        if not value:
+            continue
+        path = loaded.resolve(value)
+        try:
+            confine.within(path, roots, what="file")
+        except confine.OutsideRoots as exc:
+            problems.append(f"field `{name}` = {value!r}: {exc}")
+            continue
+        if not path.is_file():
+            problems.append(f"field `{name}` = {value!r}: file {path} does not exist; "
+                            "fix: give a path relative to the spec file")
     env = template_environment()
     for name, text in spec.prompts.templates.items():
         try:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sqlalchemy import delete, func, insert, select
 
-from darkroom import imaging, prompts, qa
+from darkroom import confine, imaging, prompts, publishing, qa
 from darkroom.catalog import Catalog
 from darkroom.config import Settings
 from darkroom.errors import PolicyError, ValidationFailed
+from darkroom.ids import key_part
 from darkroom.models import (
     REVIEWABLE,
     Asset,
@@ -30,7 +31,6 @@ from darkroom.models import (
     Run,
     ValidationResult,
     Variant,
-    safe_key,
 )
 from darkroom.spec import LoadedSpec, load_spec
 from darkroom.storage import Storage, open_storage, read_uri, sha256_bytes
@@ -101,7 +101,7 @@ class RunContext:
 
     @property
     def run_key(self) -> str:
-        return safe_key(self.run_id)
+        return key_part(self.run_id)
 
     @property
     def run_pk(self) -> int:
@@ -110,7 +110,8 @@ class RunContext:
         return self._run_pk
 
     def key(self, *parts: str) -> str:
-        return "/".join([self.spec.id, self.run_key, *parts])
+        """The storage key ``{campaign}/{run}/{parts...}``, every part one safe segment."""
+        return "/".join([self.spec.id, self.run_key, *map(key_part, parts)])
 
 
 def register_run(ctx: RunContext) -> int:
@@ -141,8 +142,16 @@ def validate_inputs(ctx: RunContext) -> dict:
     HTML report in storage); fail on any miss, so nothing downstream runs."""
     from darkroom.validation import validate_products
 
+    # 1. The files the spec names, and where it publishes: refused now, before any GPU work.
+    brand_channels(ctx)
+    for at in ctx.spec.asset_types:
+        brand_rubric(ctx, at.name)
+    for dest in ctx.spec.publish:
+        publishing.destination_root(ctx, dest)
+    # 2. The product data, with Great Expectations (reference images included).
     df = _products_frame(ctx)
-    report = validate_products(ctx.loaded, df, s3_client_factory=lambda: _s3_client(ctx))
+    report = validate_products(ctx.loaded, df, s3_client_factory=lambda: _s3_client(ctx),
+                               settings=ctx.settings)
     stored = ctx.storage.put(ctx.key("validation.html"),
                              report.to_html(f"{ctx.spec.id} / {ctx.run_id}: product data").encode(),
                              "text/html")
@@ -157,6 +166,40 @@ def validate_inputs(ctx: RunContext) -> dict:
         raise ValidationFailed(f"{ctx.loaded.path}: product data failed validation; nothing was "
                                f"generated.\n{report.describe()}")
     return report.summary()
+
+
+def _confined(ctx: RunContext, field: str, raw: str) -> Path:
+    try:
+        return confine.brand_file(raw, ctx.loaded.path.parent, ctx.settings, what=field)
+    except confine.OutsideRoots as exc:
+        raise ValidationFailed(f"{ctx.loaded.path}: field `{field}` = {raw!r}: {exc}; nothing was "
+                               "generated") from None
+
+
+def brand_channels(ctx: RunContext) -> dict:
+    """The spec's channels with their logo and font paths resolved under the brand roots
+    (darkroom.confine), so recipes read only allowed files; ValidationFailed if one is not."""
+    out = {}
+    for name, ch in ctx.spec.channels.items():
+        update = {}
+        if ch.logo is not None:
+            path = _confined(ctx, f"channels.{name}.logo.path", ch.logo.path)
+            update["logo"] = ch.logo.model_copy(update={"path": str(path)})
+        if ch.text is not None:
+            path = _confined(ctx, f"channels.{name}.text.font", ch.text.font)
+            update["text"] = ch.text.model_copy(update={"font": str(path)})
+        out[name] = ch.model_copy(update=update) if update else ch
+    return out
+
+
+def brand_rubric(ctx: RunContext, asset_type: str) -> dict:
+    """An asset type's QA rubric, brand reference folders resolved under the brand roots."""
+    rubric = dict(ctx.spec.qa.for_asset_type(asset_type))
+    for name, cfg in rubric.items():
+        if cfg.params.get("references"):
+            path = _confined(ctx, f"qa.checks.{name}.params.references", str(cfg.params["references"]))
+            rubric[name] = cfg.model_copy(update={"params": {**cfg.params, "references": str(path)}})
+    return rubric
 
 
 def _s3_client(ctx: RunContext):
@@ -203,7 +246,11 @@ def _input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
                     + (" with ip_adapter" if g.ip_adapter else "")
                     + "; fix: fill the column for every product, or remove the product")
             value = str(value).strip()
-            uri = value if value.startswith(("s3://", "file://")) else ctx.loaded.resolve(value).as_uri()
+            try:
+                uri = ctx.loaded.image_uri(value, ctx.settings)
+            except confine.OutsideRoots as exc:
+                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                       f"{value!r}: {exc}") from None
             try:
                 data = read_uri(uri, s3_client=s3)
             except Exception as exc:
@@ -585,7 +632,8 @@ def _qa_assets(ctx: RunContext, batch: int, counts: Counter, only: set[str] | No
         assets = [a for a in _run_assets(s, ctx, batch, QA_INPUT)
                   if not a.reviews and (only is None or a.id in only)]
         variants = {a.id: a.variant for a in assets}
-        rubrics = {a.id: spec.qa.for_asset_type(variants[a.id].asset_type) for a in assets}
+        by_type = {t: brand_rubric(ctx, t) for t in {v.asset_type for v in variants.values()}}
+        rubrics = {a.id: by_type[variants[a.id].asset_type] for a in assets}
         dup_ts = [int(r["duplicate"].threshold if r["duplicate"].threshold is not None else 6)
                   for r in rubrics.values() if "duplicate" in r]
         index = qa.hash_index(s, campaign_id=spec.id, run_pk=ctx.run_pk, radius=max(dup_ts or [0]),
@@ -673,7 +721,7 @@ def postprocess(ctx: RunContext, batch: int) -> dict:
     from darkroom import postprocess as pp
     from darkroom.imaging import default_workers, pool_size, process_map
 
-    channels = ctx.spec.channels
+    channels = brand_channels(ctx)
     # 1. A recipe that cannot work (missing logo or font, no upscaler) fails the task now,
     #    with the field to fix, instead of failing every asset one by one.
     pp.check_recipes(channels, model_upscaler=ctx.spec.generation.upscaler)
@@ -838,6 +886,4 @@ def local_user() -> str:
 # 8. publish ---------------------------------------------------------------------------
 
 def publish(ctx: RunContext) -> dict:
-    from darkroom.publishing import publish_run
-
-    return publish_run(ctx)
+    return publishing.publish_run(ctx)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from darkroom.config import PROJECT_ROOT, Settings
+from darkroom.ids import key_part
 from darkroom.models import Asset, AssetStatus, Run
 from darkroom.prompts import template_version
 
@@ -201,7 +202,7 @@ def log_run(ctx, contact_sheet_uri: str) -> str:
                 mlflow.log_artifact(str(report))
         for a in [a for a in assets if a.uri][:SAMPLE_IMAGES]:
             img = imaging.decode(read_uri(a.uri, s3_client=s3))
-            mlflow.log_image(img, artifact_file=f"samples/{a.variant.product_id}-{a.id}.png")
+            mlflow.log_image(img, artifact_file=f"samples/{key_part(a.variant.product_id)}-{a.id}.png")
         mlflow.log_table(_asset_table(assets), artifact_file="assets.json")
         return active.info.run_id
 

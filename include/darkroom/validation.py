@@ -13,10 +13,12 @@ import html
 import json
 import logging
 import math
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+from darkroom import confine
+from darkroom.config import Settings
 from darkroom.errors import ValidationFailed
 from darkroom.spec import LoadedSpec
 
@@ -146,46 +148,48 @@ def _sample(res: dict, id_col: str, column: str | None) -> list[dict]:
     return [{column or "value": _plain(v)} for v in (res.get("partial_unexpected_list") or [])[:SAMPLE_ROWS]]
 
 
-def _reference_exists(value: str, loaded: LoadedSpec, s3_client_factory) -> str | None:
-    """None when the reference image exists, else why not."""
+def _image_exists(value: str, loaded: LoadedSpec, settings: Settings, s3_client_factory) -> str | None:
+    """None when the reference (or mask) image is allowed and exists, else why not. Never
+    sends a request anywhere but the campaign's own S3 roots."""
     try:
-        if value.startswith("s3://"):
+        uri = loaded.image_uri(value, settings)
+    except confine.OutsideRoots as exc:
+        return str(exc)
+    try:
+        if uri.startswith("s3://"):
             from darkroom.storage import S3Storage
 
             client = s3_client_factory() if s3_client_factory else None
-            found = S3Storage(S3Storage.split(value)[0], client=client).stat(value)
+            found = S3Storage(S3Storage.split(uri)[0], client=client).stat(uri)
             return None if found else "no such object"
-        if value.startswith(("http://", "https://")):
-            req = urllib.request.Request(value, method="HEAD")
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (scheme checked above)
-                return None if resp.status < 400 else f"HTTP {resp.status}"
-        path = Path(value.removeprefix("file://"))
-        path = path if path.is_absolute() else loaded.resolve(value)
-        return None if path.is_file() else "no such file"
-    except Exception as exc:  # an unreachable host is a failing row, not a crash
-        return f"{type(exc).__name__}: {exc}"[:200]
+        return None if Path(unquote(urlparse(uri).path)).is_file() else "no such file"
+    except Exception as exc:  # an unreachable bucket is a failing row, not a crash
+        return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def check_reference_images(loaded: LoadedSpec, df, s3_client_factory=None) -> dict | None:
+def check_reference_images(loaded: LoadedSpec, df, s3_client_factory=None,
+                           settings: Settings | None = None) -> list[dict]:
+    """One report entry per image column (reference, mask) the spec names."""
+    settings = settings or Settings.from_env()
     p = loaded.spec.products
-    col = p.reference_image_column
-    if not col:
-        return None
-    result = {"expectation": REFERENCE_CHECK, "column": col, "kwargs": {"column": col},
-              "success": True, "unexpected_count": 0, "sample": []}
-    if col not in df.columns:
-        result.update(success=False, detail=f"column {col!r} is missing", unexpected_count=len(df))
-        return result
-    bad = []
-    for pid, value in zip(df[p.id_column], df[col], strict=True):
-        value = _plain(value)
-        if value in (None, ""):
-            continue  # optional: make the column required to demand a reference for every row
-        why = _reference_exists(str(value), loaded, s3_client_factory)
-        if why:
-            bad.append({p.id_column: _plain(pid), col: value, "problem": why})
-    result.update(success=not bad, unexpected_count=len(bad), sample=bad[:SAMPLE_ROWS])
-    return result
+    out = []
+    for col in dict.fromkeys(c for c in (p.reference_image_column, p.mask_image_column) if c):
+        result = {"expectation": REFERENCE_CHECK, "column": col, "kwargs": {"column": col},
+                  "success": True, "unexpected_count": 0, "sample": []}
+        out.append(result)
+        if col not in df.columns:
+            result.update(success=False, detail=f"column {col!r} is missing", unexpected_count=len(df))
+            continue
+        bad = []
+        for pid, value in zip(df[p.id_column], df[col], strict=True):
+            value = _plain(value)
+            if value in (None, ""):
+                continue  # optional: make the column required to demand an image for every row
+            why = _image_exists(str(value), loaded, settings, s3_client_factory)
+            if why:
+                bad.append({p.id_column: _plain(pid), col: value, "problem": why})
+        result.update(success=not bad, unexpected_count=len(bad), sample=bad[:SAMPLE_ROWS])
+    return out
 
 
 def _quiet_context():
@@ -198,7 +202,8 @@ def _quiet_context():
     return context
 
 
-def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None) -> ValidationReport:
+def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None,
+                      settings: Settings | None = None) -> ValidationReport:
     """Run the suite (plus the reference-image check) on the product frame."""
     # GX logs its own registration chatter at INFO on import: not what a task log is for.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -255,9 +260,7 @@ def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None) -> Vali
             entry["detail"] = str(exc_info.get("exception_message"))[:300]
         results.append(entry)
     # 3. Our own check, reported like the others.
-    ref = check_reference_images(loaded, df, s3_client_factory)
-    if ref is not None:
-        results.append(ref)
+    results += check_reference_images(loaded, df, s3_client_factory, settings)
     failures = [{k: v for k, v in r.items() if k != "success"} for r in results if not r["success"]]
     return ValidationReport(suite_name, not failures, len(df), failures=failures,
                             evaluated=len(results), results=results)
