@@ -114,14 +114,27 @@ def publish_run(ctx) -> dict:
     return summary
 
 
+#: OWASP's CSV injection rule: no cell may begin with these, or a spreadsheet runs it as a formula.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value) -> str:
+    """A manifest cell a spreadsheet shows as text: a value starting with a formula prefix
+    gets a leading apostrophe (OWASP, CSV Injection). Quoting every cell (QUOTE_ALL, quotes
+    doubled) keeps separators and quotes inside a value from starting a new cell."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def _write_manifest(ctx, targets, rows: list[dict]) -> str:
+    # The JSON manifest keeps every value exactly; the CSV is for people with spreadsheets.
     body = json.dumps({"campaign": ctx.spec.id, "run_id": ctx.run_id, "files": rows}, indent=2)
     buf = io.StringIO()
     fields = ["asset_id", "variant_id", "product_id", "channel", "destination_uri", "sha256",
               "model", "model_version", "seed", "approved_by", "approved_at", "prompt"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", quoting=csv.QUOTE_ALL)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     name = f"{ctx.spec.id}/manifests/{ctx.run_key}"
     for _dest, store in targets:
         store.put(f"{name}.json", body.encode(), "application/json")
