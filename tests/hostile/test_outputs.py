@@ -213,3 +213,55 @@ def test_decode_errors_name_no_python_objects():
     with pytest.raises(imaging.BadImage) as err:
         imaging.decode(b"GIF8" + bytes(range(256)))
     assert str(err.value) == "not a readable image: not a PNG, JPEG, WebP or other image format Pillow reads"
+
+
+# -- a destination that cannot be written -----------------------------------------------------
+
+def _approved_asset(ctx) -> str:
+    """One approved asset with a derivative per channel, made in the catalog (no model)."""
+    from darkroom import review
+    from darkroom.models import AssetStatus, Derivative
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 90, 60)).save(buf, format="PNG")
+    run_pk = ctx.run_pk
+    with ctx.catalog.session() as s:
+        s.add(Variant(id="v0", campaign_id=ctx.spec.id, product_id="TER-001", asset_type="hero_tile",
+                      channels=["web_tile"], template_version="t", prompt="a mug", seed=1, params={}))
+        s.flush()
+        s.add(Asset(id="asset0", variant_id="v0", run_pk=run_pk, status=AssetStatus.qa_passed,
+                    uri="file:///unused.png", model_name="tiny-sd", model_version="abc",
+                    scheduler="ddim", steps=2, guidance=7.5, seed=1, backend="test"))
+        stored = ctx.storage.put(ctx.key("derivatives", "web_tile", "v0.png"), buf.getvalue(), "image/png")
+        s.add(Derivative(asset_id="asset0", channel="web_tile", uri=stored.uri, sha256=stored.sha256,
+                         width=8, height=8, format="png", bytes=stored.bytes))
+    review.decide(ctx.catalog, "asset0", "approve", "ann", "ok")
+    return "asset0"
+
+
+def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path, darkroom_home):
+    """It used to mark the asset published with no file (and end in a PermissionError
+    traceback). Tests run as root, which may write read-only folders: the destination's
+    campaign folder is made a file instead, which no user can write into."""
+    from darkroom.errors import StorageError
+    from darkroom.models import AssetStatus, Publication
+
+    ctx = run_context(write_spec(tmp_path))
+    asset_id = _approved_asset(ctx)
+    dest = darkroom_home / "published" / "dam"
+    dest.mkdir(parents=True)
+    (dest / ctx.spec.id).write_text("not a folder")
+    with pytest.raises(StorageError) as err:
+        stages.publish(ctx)
+    message = str(err.value)
+    assert "publish could not write 1 asset(s), which stay approved, not published" in message
+    assert str(dest) in message and "fix the destination" in message
+    with ctx.catalog.session() as s:
+        assert s.get(Asset, asset_id).status == AssetStatus.approved
+        assert s.scalar(select(func.count()).select_from(Publication)) == 0
+    # Fixed, the publish task runs again and publishes it.
+    (dest / ctx.spec.id).unlink()
+    assert stages.publish(ctx)["published_assets"] == 1
+    with ctx.catalog.session() as s:
+        assert s.get(Asset, asset_id).status == AssetStatus.published
+    assert len(list((dest / ctx.spec.id).rglob("*.png"))) == 1
