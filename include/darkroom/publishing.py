@@ -6,9 +6,10 @@ already there mean a retry or re-run copies nothing twice; only approved assets 
 Order matters for reviewers working while publish runs: first every approved asset is
 *claimed* (row lock, newest review re-checked, status set to ``published``) in one
 transaction, then files are copied. A decision arriving after the claim is refused (409 in
-the gallery) instead of silently losing to a copy already under way; a copy that fails
-leaves the asset ``published`` with its approval, and the retry (which selects approved and
-published assets) copies what is missing.
+the gallery) instead of silently losing to a copy already under way; an asset with a file
+that could not be copied has its claim released (``approved`` again), the task fails naming
+the destination and the reason, and the retry (which selects approved and published assets)
+copies what is missing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from darkroom import confine
-from darkroom.errors import ValidationFailed
+from darkroom.errors import StorageError, ValidationFailed
 from darkroom.ids import key_part
 from darkroom.models import Asset, AssetStatus, Publication, Review, Run
 from darkroom.storage import FileStorage, S3Storage, Storage, read_uri
@@ -69,22 +70,28 @@ def publish_run(ctx) -> dict:
     targets = [(dest, destination_storage(ctx, dest)) for dest in spec.publish]
     copied = verified = 0
     manifest = []
+    failed: dict[str, str] = {}  # asset id -> the first file of it that could not be written
     for _dest, store in targets:
         for asset, variant, deriv, approval in work:
             ext = deriv.uri.rsplit(".", 1)[-1]
             key = (f"{spec.id}/{key_part(deriv.channel)}/"
                    f"{key_part(variant.product_id)}-{variant.id}-v{asset.version}.{ext}")
             uri = store.uri_for(key)
-            there = store.stat(uri)
-            if there is None or there.sha256 != deriv.sha256 or there.bytes != deriv.bytes:
-                if there is not None:
-                    log.warning("%s differs from the catalog (sha256 %s, expected %s): copying again",
-                                uri, there.sha256, deriv.sha256)
-                data = read_uri(deriv.uri, s3_client=getattr(ctx.storage, "client", None))
-                store.put(key, data, f"image/{deriv.format}")
-                copied += 1
-            else:
-                verified += 1
+            try:
+                there = store.stat(uri)
+                if there is None or there.sha256 != deriv.sha256 or there.bytes != deriv.bytes:
+                    if there is not None:
+                        log.warning("%s differs from the catalog (sha256 %s, expected %s): copying "
+                                    "again", uri, there.sha256, deriv.sha256)
+                    data = read_uri(deriv.uri, s3_client=getattr(ctx.storage, "client", None))
+                    store.put(key, data, f"image/{deriv.format}")
+                    copied += 1
+                else:
+                    verified += 1
+            except Exception as exc:  # a destination that cannot be written: see below
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                failed.setdefault(asset.id, f"{uri}: {type(exc).__name__}: {why}")
+                continue
             with ctx.catalog.session() as s:
                 pub = s.scalar(select(Publication).where(Publication.derivative_id == deriv.id,
                                                          Publication.destination == store.root_uri))
@@ -100,6 +107,8 @@ def publish_run(ctx) -> dict:
                 "seed": asset.seed, "prompt": variant.prompt,
                 "approved_by": approval.reviewer, "approved_at": approval.at.isoformat(),
             })
+    if failed:
+        _release_claims(ctx, failed)
     manifest_uri = _write_manifest(ctx, targets, manifest)
     summary = {"published_assets": len({w[0].id for w in work}), "files": len(manifest),
                "copied": copied, "verified": verified, "destinations": [t[1].root_uri for t in targets],
@@ -114,14 +123,42 @@ def publish_run(ctx) -> dict:
     return summary
 
 
+def _release_claims(ctx, failed: dict[str, str]) -> None:
+    """Assets with a file that could not be written are not published: their claim is
+    released (approved again, so a retry copies what is missing and reviewers may still
+    decide), and the task fails with the destination and the reason."""
+    with ctx.catalog.session() as s:
+        for asset_id in failed:
+            asset = s.get(Asset, asset_id)
+            if asset is not None and asset.status == AssetStatus.published:
+                asset.status = AssetStatus.approved
+    first = next(iter(failed.values()))
+    raise StorageError(f"{ctx.loaded.path}: publish could not write {len(failed)} asset(s), which "
+                       f"stay approved, not published; first: {first}; fix the destination "
+                       "(permissions, free space, the path) and run the publish task again")
+
+
+#: OWASP's CSV injection rule: no cell may begin with these, or a spreadsheet runs it as a formula.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value) -> str:
+    """A manifest cell a spreadsheet shows as text: a value starting with a formula prefix
+    gets a leading apostrophe (OWASP, CSV Injection). Quoting every cell (QUOTE_ALL, quotes
+    doubled) keeps separators and quotes inside a value from starting a new cell."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def _write_manifest(ctx, targets, rows: list[dict]) -> str:
+    # The JSON manifest keeps every value exactly; the CSV is for people with spreadsheets.
     body = json.dumps({"campaign": ctx.spec.id, "run_id": ctx.run_id, "files": rows}, indent=2)
     buf = io.StringIO()
     fields = ["asset_id", "variant_id", "product_id", "channel", "destination_uri", "sha256",
               "model", "model_version", "seed", "approved_by", "approved_at", "prompt"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", quoting=csv.QUOTE_ALL)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     name = f"{ctx.spec.id}/manifests/{ctx.run_key}"
     for _dest, store in targets:
         store.put(f"{name}.json", body.encode(), "application/json")
