@@ -37,12 +37,23 @@ ENVIRONMENT = {
     "gpu_pool": "DARKROOM_GPU_POOL",
     "gpu_hourly_cost": "DARKROOM_GPU_HOURLY_COST",
     "compile_backend": "DARKROOM_COMPILE_BACKEND",
+    "input_roots": "DARKROOM_INPUT_ROOTS",
+    "publish_roots": "DARKROOM_PUBLISH_ROOTS",
 }
 #: Other tools' variables Darkroom falls back to when its own are not set.
 FALLBACKS = {"mlflow_tracking_uri": "MLFLOW_TRACKING_URI", "s3_endpoint_url": "AWS_ENDPOINT_URL_S3"}
 CONNECTION_PREFIX = "AIRFLOW_CONN_"
 _PATHS = {"home", "campaigns_dir", "tiny_model_dir"}
 _NUMBERS = {"gpu_hourly_cost"}
+_PATH_LISTS = {"input_roots", "publish_roots"}  # os.pathsep-separated
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p).resolve() for p in value.split(os.pathsep) if p.strip())
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p).resolve() for p in value.split(os.pathsep) if p.strip())
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,10 @@ class Settings:
     #: Price of an accelerator hour: the dry-run plan's estimate and MLflow's estimated_cost.
     gpu_hourly_cost: float = 2.0
     compile_backend: str = "inductor"  # torch.compile's backend (tests use "eager")
+    # Folders beyond the built-in ones that campaigns may read files from, and publish to
+    # (darkroom.confine).
+    input_roots: tuple[Path, ...] = ()
+    publish_roots: tuple[Path, ...] = ()
     #: ``AIRFLOW_CONN_<ID>`` values: product sources outside Airflow read connections here.
     connections: dict[str, str] = field(default_factory=dict, repr=False)
     #: The fields a DARKROOM_* variable set (they win over the adapters' connections).
@@ -96,7 +111,8 @@ class Settings:
                 continue
             if env.get(var):  # a fallback (another tool's variable) does not beat a connection
                 given.add(name)
-            values[name] = Path(raw) if name in _PATHS else float(raw) if name in _NUMBERS else raw
+            values[name] = (Path(raw) if name in _PATHS else float(raw) if name in _NUMBERS
+                            else _paths(raw) if name in _PATH_LISTS else raw)
         values["connections"] = {k.removeprefix(CONNECTION_PREFIX): v for k, v in env.items()
                                  if k.startswith(CONNECTION_PREFIX)}
         values["from_environment"] = frozenset(given)

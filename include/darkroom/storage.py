@@ -15,6 +15,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from darkroom.errors import StorageError
+from darkroom.ids import check_key
 
 # Temp files are chmod-ed explicitly (a reused one may carry other bits): published files
 # must be readable like any other file the process writes, so apply the process umask.
@@ -62,16 +63,25 @@ class FileStorage:
         if uri_or_key.startswith("file://"):
             path = Path(unquote(urlparse(uri_or_key).path))
         else:
-            path = self.root / uri_or_key
+            path = self.root / check_key(uri_or_key)
+        return path
+
+    def _inside(self, path: Path) -> Path:
+        # A folder under the root may be a symlink that leads out of it: check where the
+        # write really lands (resolve() follows the parts that exist) before making folders.
+        real = path.parent.resolve()
+        if real != self.root and self.root not in real.parents:
+            raise StorageError(f"refused to write {path}: it resolves to {real}, outside the "
+                               f"storage root {self.root}")
         return path
 
     def uri_for(self, key: str) -> str:
-        return (self.root / key).as_uri()
+        return (self.root / check_key(key)).as_uri()
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Stored:
         path = self._path(key)
         while True:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._inside(path).parent.mkdir(parents=True, exist_ok=True)
             # One temp name per key, locked while written: a retried put of the key reuses
             # (and so removes) what a killed writer left, and concurrent puts of the same key
             # take turns instead of writing into one file.
@@ -131,6 +141,7 @@ class S3Storage:
         self.root_uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def uri_for(self, key: str) -> str:

@@ -22,7 +22,7 @@ from darkroom.catalog.db import Catalog
 from darkroom.config import Settings, apply_airflow_env, local_user
 from darkroom.errors import DarkroomError
 from darkroom.generation.models import Lora
-from darkroom.ids import safe_key
+from darkroom.ids import key_part
 from darkroom.spec import find_spec, json_schema, load_spec
 from darkroom.stages.reproduce import regenerate_asset
 from rich.console import Console
@@ -131,7 +131,7 @@ def compare(
 ) -> None:
     """Two runs side by side: their contact sheets in one PNG, QA metrics in a table."""
     settings = Settings.from_env()
-    out = out or settings.home / "compare" / f"{safe_key(run_a)}__vs__{safe_key(run_b)}.png"
+    out = out or settings.home / "compare" / f"{key_part(run_a)}__vs__{key_part(run_b)}.png"
     result = lineage.compare_runs(_catalog(), run_a, run_b, out)
     if as_json:
         print(json.dumps(result, indent=2, default=str))

@@ -130,7 +130,9 @@ HEAVY = ("torch", "diffusers", "transformers", "great_expectations", "mlflow", "
 PARSE_TIME_MODULES = {"darkroom", "darkroom.config", "darkroom.errors", "darkroom.spec", "darkroom.generation",
                       "darkroom.generation.routing", "darkroom.generation.types", "darkroom.generation.models",
                       "darkroom.generation.families", "darkroom_operators", "darkroom_operators.approval",
-                      "darkroom_operators.generate", "darkroom_operators.hooks"}
+                      "darkroom_operators.generate", "darkroom_operators.hooks",
+                      # what the spec loads with (pathlib, Jinja2 and PyYAML only)
+                      "darkroom.confine", "darkroom.sandbox", "darkroom.yaml_safe"}
 
 
 def test_parsing_does_no_expensive_work():

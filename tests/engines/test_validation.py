@@ -13,6 +13,7 @@ import pytest
 from darkroom.errors import ValidationFailed
 from darkroom.spec import load_spec
 from darkroom.validation import validate_products
+from PIL import Image
 
 from tests.support.campaigns import make_spec, write_products
 
@@ -50,22 +51,26 @@ def test_unknown_expectation_names_it(tmp_path):
 
 def test_reference_images_local_and_s3(tmp_path, s3_client, bucket):
     (tmp_path / "refs").mkdir()
-    (tmp_path / "refs" / "mug.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "refs" / "mug.png")  # local files are read: a real PNG
     s3_client.put_object(Bucket=bucket, Key="refs/cup.png", Body=b"png")
+    s3_client.put_object(Bucket=bucket, Key="elsewhere/cup.png", Body=b"png")
     refs = ["refs/mug.png", f"s3://{bucket}/refs/cup.png", "refs/gone.png",
-            f"s3://{bucket}/refs/gone.png"] + [None] * 8
+            f"s3://{bucket}/refs/gone.png", f"s3://{bucket}/elsewhere/cup.png"] + [None] * 7
 
     def add_refs(df):
         df["reference"] = refs
 
-    spec = make_spec(tmp_path, source=write_products(tmp_path, add_refs), reference_image_column="reference")
+    spec = make_spec(tmp_path, source=write_products(tmp_path, add_refs), reference_image_column="reference",
+                     image_roots=[f"s3://{bucket}/refs/"])
     df = pd.read_csv(tmp_path / "products.csv", dtype={"sku": str})
     report = validate_products(load_spec(spec), df, s3_client_factory=lambda: s3_client)
     [fail] = report.failures
     assert fail["expectation"] == "expect_reference_images_to_exist"
-    assert fail["unexpected_count"] == 2
-    assert [(r["sku"], r["problem"]) for r in fail["sample"]] == [
-        ("TER-003", "no such file"), ("TER-004", "no such object")]
+    assert fail["unexpected_count"] == 3
+    problems = [(r["sku"], r["problem"]) for r in fail["sample"]]
+    assert problems[:2] == [("TER-003", "no such file"), ("TER-004", "no such object")]
+    # An object that exists, but under a prefix the spec does not list, is refused unread.
+    assert problems[2][0] == "TER-005" and "not under an s3:// prefix listed in products.image_roots" in problems[2][1]
 
 
 def test_no_great_expectations_import_at_parse_time():

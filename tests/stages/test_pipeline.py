@@ -24,7 +24,8 @@ CAMPAIGNS = ROOT / "include" / "campaigns"
 
 
 @pytest.mark.usefixtures("use_tiny_model")
-def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3_client, bucket):
+def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3_client, bucket, monkeypatch):
+    monkeypatch.setenv("DARKROOM_PUBLISH_ROOTS", str(tmp_path / "dam"))  # a DAM folder outside $DARKROOM_HOME
     spec = _spec(tmp_path, lambda d: d.update(publish=[
         {"kind": "s3", "bucket": bucket, "prefix": "dam"},
         {"kind": "folder", "path": str(tmp_path / "dam")},

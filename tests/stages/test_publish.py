@@ -34,8 +34,10 @@ def _png(seed: int) -> bytes:
 
 
 @pytest.fixture
-def published_run(tmp_path, darkroom_home, s3_endpoint, bucket):
+def published_run(tmp_path, darkroom_home, s3_endpoint, bucket, monkeypatch):
     """A RunContext whose spec publishes to a folder and to a moto bucket, and its assets."""
+    # An absolute DAM folder outside $DARKROOM_HOME must be allowed explicitly.
+    monkeypatch.setenv("DARKROOM_PUBLISH_ROOTS", str(tmp_path / "dam"))
     spec_path = write_campaign(tmp_path)
     spec = yaml.safe_load(spec_path.read_text())
     spec["publish"] = [{"kind": "folder", "path": str(tmp_path / "dam")},

@@ -213,3 +213,13 @@ def record_publication(catalog: Catalog, *, derivative_id: int, run_pk: int, des
                               uri=uri, sha256=sha256))
         elif (pub.uri, pub.sha256) != (uri, sha256):
             pub.uri, pub.sha256 = uri, sha256
+
+
+def release_claims(catalog: Catalog, asset_ids) -> None:
+    """Claimed assets that could not be published are ``approved`` again: a retry copies what
+    is missing, and reviewers may still decide."""
+    with catalog.session() as s:
+        for asset_id in asset_ids:
+            asset = s.get(Asset, asset_id)
+            if asset is not None and asset.status == AssetStatus.published:
+                asset.status = AssetStatus.approved

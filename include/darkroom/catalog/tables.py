@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from darkroom.ids import safe_key
+from darkroom.ids import key_part
 
 
 def utcnow() -> datetime:
@@ -96,7 +96,7 @@ class Run(Base):
     @property
     def key(self) -> str:
         """A path-safe name for the run, used in storage keys."""
-        return safe_key(self.run_id)
+        return key_part(self.run_id)
 
 
 class ValidationResult(Base):

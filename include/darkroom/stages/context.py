@@ -9,7 +9,7 @@ from pathlib import Path
 from darkroom.catalog import runs
 from darkroom.catalog.db import Catalog
 from darkroom.config import Settings
-from darkroom.ids import safe_key
+from darkroom.ids import key_part
 from darkroom.spec import LoadedSpec, load_spec
 from darkroom.storage import Storage, open_storage
 
@@ -81,7 +81,7 @@ class RunContext:
 
     @property
     def run_key(self) -> str:
-        return safe_key(self.run_id)
+        return key_part(self.run_id)
 
     @property
     def run_pk(self) -> int:
@@ -92,8 +92,8 @@ class RunContext:
         return self._run_pk
 
     def key(self, *parts: str) -> str:
-        """A storage key under the run: ``{campaign}/{run}/...``."""
-        return "/".join([self.spec.id, self.run_key, *parts])
+        """The storage key ``{campaign}/{run}/{parts...}``, every part one safe segment."""
+        return "/".join([self.spec.id, self.run_key, *map(key_part, parts)])
 
     @property
     def s3(self):

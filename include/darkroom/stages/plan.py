@@ -14,7 +14,7 @@ import logging
 import statistics
 from collections import Counter
 
-from darkroom import prompts
+from darkroom import confine, prompts
 from darkroom.catalog import assets, runs
 from darkroom.config import PROJECT_ROOT
 from darkroom.errors import PolicyError, ValidationFailed
@@ -83,7 +83,11 @@ def input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
                     + (" with ip_adapter" if g.ip_adapter else "")
                     + "; fix: fill the column for every product, or remove the product")
             value = str(value).strip()
-            uri = value if value.startswith(("s3://", "file://")) else ctx.loaded.resolve(value).as_uri()
+            try:
+                uri = ctx.loaded.image_uri(value, ctx.settings)
+            except confine.OutsideRoots as exc:
+                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                       f"{value!r}: {exc}") from None
             try:
                 data = read_uri(uri, s3_client=ctx.s3)
             except Exception as exc:

@@ -12,6 +12,7 @@ from darkroom.catalog import assets
 from darkroom.catalog.tables import REVIEWABLE, Asset
 from darkroom.parallel import default_workers, pool_size, process_map
 from darkroom.stages import upscale
+from darkroom.stages.brand import brand_channels
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri
 
@@ -20,7 +21,7 @@ log = logging.getLogger("darkroom")
 
 def run(ctx: RunContext, batch: int) -> dict:
     """Make the batch's derivatives; return the counts (derivatives, assets, failed)."""
-    channels = ctx.spec.channels
+    channels = brand_channels(ctx)
     # 1. A recipe that cannot work (missing logo or font, no upscaler) fails the task now,
     #    with the field to fix, instead of failing every asset one by one.
     recipes.check_recipes(channels, model_upscaler=ctx.spec.generation.upscaler)
@@ -30,7 +31,8 @@ def run(ctx: RunContext, batch: int) -> dict:
     workers = pool_size(len(todo), largest, ctx.spec.qa.workers or default_workers())
     made = failed = 0
     # 2. Render in worker processes; store each derivative and its row as it comes back.
-    for asset, res in process_map(recipes.render_all, jobs(ctx, todo, model_upscaled), workers=workers):
+    work = jobs(ctx, todo, channels, model_upscaled)
+    for asset, res in process_map(recipes.render_all, work, workers=workers):
         if isinstance(res, Exception):  # one bad original never stops the batch
             log.error("Postprocess: asset %s failed: %s", asset.id, res)
             assets.fail(ctx.catalog, asset.id, f"postprocess: {type(res).__name__}: {res}")
@@ -44,10 +46,10 @@ def run(ctx: RunContext, batch: int) -> dict:
     return {"batch": batch, "derivatives": made, "assets": len(todo), "failed": failed}
 
 
-def jobs(ctx: RunContext, todo: list[Asset], model_upscaled: bool):
-    """process_map jobs for render_all: the original, its channels' recipes, its locale, and
-    the model upscaler's output when the spec has one and a channel needs it."""
-    channels = ctx.spec.channels
+def jobs(ctx: RunContext, todo: list[Asset], channels: dict, model_upscaled: bool):
+    """process_map jobs for render_all: the original, its channels' recipes (``channels``,
+    brand files resolved), its locale, and the model upscaler's output when the spec has one
+    and a channel needs it."""
     for a in todo:
         v = a.variant
         original = read_uri(a.uri, s3_client=ctx.s3)

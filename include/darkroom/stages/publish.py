@@ -7,9 +7,10 @@ already there mean a retry or re-run copies nothing twice; only approved assets 
 Order matters for reviewers working while publish runs: first every approved asset is
 *claimed* (row lock, newest review re-checked, status set to ``published``) in one
 transaction, then files are copied. A decision arriving after the claim is refused (409 in
-the gallery) instead of silently losing to a copy already under way; a copy that fails
-leaves the asset ``published`` with its approval, and the retry (which selects approved and
-published assets) copies what is missing.
+the gallery) instead of silently losing to a copy already under way; an asset with a file
+that could not be copied has its claim released (``approved`` again), the task fails naming
+the destination and the reason, and the retry (which selects approved and published assets)
+copies what is missing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import json
 import logging
 from pathlib import Path
 
-from darkroom import tracking
+from darkroom import confine, tracking
 from darkroom.catalog import assets, runs
+from darkroom.errors import StorageError, ValidationFailed
+from darkroom.ids import key_part
 from darkroom.stages.context import RunContext
 from darkroom.storage import FileStorage, S3Storage, Storage, read_uri
 
@@ -42,14 +45,23 @@ def run(ctx: RunContext, approvals: dict | None = None) -> dict:
     targets = [destination_storage(ctx, dest) for dest in ctx.spec.publish]
     copied = verified = 0
     manifest = []
+    failed: dict[str, str] = {}  # asset id -> the first file of it that could not be written
     for store in targets:
         for item in work:
-            uri, was_copied = copy(ctx, store, item)
+            try:
+                uri, was_copied = copy(ctx, store, item)
+            except Exception as exc:  # a destination that cannot be written: see release_claims
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                failed.setdefault(item.asset_id, f"{store.uri_for(destination_key(ctx, item))}: "
+                                                 f"{type(exc).__name__}: {why}")
+                continue
             copied += was_copied
             verified += not was_copied
             assets.record_publication(ctx.catalog, derivative_id=item.derivative_id, run_pk=ctx.run_pk,
                                       destination=store.root_uri, uri=uri, sha256=item.sha256)
             manifest.append(manifest_row(item, uri))
+    if failed:
+        release_claims(ctx, failed)
     # 3. The manifest, beside the files and with the run.
     manifest_uri = write_manifest(ctx, targets, manifest)
     summary = {"published_assets": len({w.asset_id for w in work}), "files": len(manifest),
@@ -63,10 +75,20 @@ def run(ctx: RunContext, approvals: dict | None = None) -> dict:
     return summary
 
 
+def destination_root(ctx: RunContext, dest) -> Path | None:
+    """A folder destination's resolved folder (under $DARKROOM_HOME or a publish root)."""
+    if dest.kind != "folder":
+        return None
+    try:
+        return confine.publish_folder(dest.path, ctx.settings)
+    except confine.OutsideRoots as exc:
+        raise ValidationFailed(f"{ctx.loaded.path}: field `publish` folder path = {dest.path!r}: "
+                               f"{exc}") from None
+
+
 def destination_storage(ctx: RunContext, dest) -> Storage:
     if dest.kind == "folder":
-        path = Path(dest.path)
-        return FileStorage(path if path.is_absolute() else ctx.settings.home / path)
+        return FileStorage(destination_root(ctx, dest))
     endpoint = dest.endpoint_url or ctx.settings.s3_endpoint_url
     client = ctx.s3_client_factory(dest.aws_conn_id, endpoint) if ctx.s3_client_factory else None
     return S3Storage(dest.bucket, dest.prefix, client=client, endpoint_url=endpoint)
@@ -75,8 +97,7 @@ def destination_storage(ctx: RunContext, dest) -> Storage:
 def copy(ctx: RunContext, store: Storage, item: assets.Claimed) -> tuple[str, bool]:
     """Put one derivative at its destination key unless an identical file is there; return
     its URI there and whether it was copied."""
-    ext = item.uri.rsplit(".", 1)[-1]
-    key = f"{ctx.spec.id}/{item.channel}/{item.product_id}-{item.variant_id}-v{item.asset_version}.{ext}"
+    key = destination_key(ctx, item)
     uri = store.uri_for(key)
     there = store.stat(uri)
     if there is not None and there.sha256 == item.sha256 and there.bytes == item.bytes:
@@ -88,6 +109,24 @@ def copy(ctx: RunContext, store: Storage, item: assets.Claimed) -> tuple[str, bo
     return uri, True
 
 
+def destination_key(ctx: RunContext, item: assets.Claimed) -> str:
+    """Where a derivative goes under a destination's root (every part a safe key part)."""
+    ext = item.uri.rsplit(".", 1)[-1]
+    return (f"{ctx.spec.id}/{key_part(item.channel)}/"
+            f"{key_part(item.product_id)}-{item.variant_id}-v{item.asset_version}.{ext}")
+
+
+def release_claims(ctx: RunContext, failed: dict[str, str]) -> None:
+    """Assets with a file that could not be written are not published: their claim is
+    released (approved again, so a retry copies what is missing and reviewers may still
+    decide), and the task fails with the destination and the reason."""
+    assets.release_claims(ctx.catalog, failed)
+    first = next(iter(failed.values()))
+    raise StorageError(f"{ctx.loaded.path}: publish could not write {len(failed)} asset(s), which "
+                       f"stay approved, not published; first: {first}; fix the destination "
+                       "(permissions, free space, the path) and run the publish task again")
+
+
 def manifest_row(item: assets.Claimed, uri: str) -> dict:
     return {"asset_id": item.asset_id, "variant_id": item.variant_id, "product_id": item.product_id,
             "channel": item.channel, "destination_uri": uri, "sha256": item.sha256,
@@ -96,13 +135,27 @@ def manifest_row(item: assets.Claimed, uri: str) -> dict:
             "approved_at": item.approved_at.isoformat()}
 
 
+#: OWASP's CSV injection rule: no cell may begin with these, or a spreadsheet runs it as a formula.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value) -> str:
+    """A manifest cell a spreadsheet shows as text: a value starting with a formula prefix
+    gets a leading apostrophe (OWASP, CSV Injection). Quoting every cell (QUOTE_ALL, quotes
+    doubled) keeps separators and quotes inside a value from starting a new cell."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def write_manifest(ctx: RunContext, targets: list[Storage], rows: list[dict]) -> str:
     """The manifest (JSON and CSV) at every destination and with the run; return its URI."""
+    # The JSON manifest keeps every value exactly; the CSV is for people with spreadsheets.
     body = json.dumps({"campaign": ctx.spec.id, "run_id": ctx.run_id, "files": rows}, indent=2)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, extrasaction="ignore",
+                            quoting=csv.QUOTE_ALL)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     name = f"{ctx.spec.id}/manifests/{ctx.run_key}"
     for store in targets:
         store.put(f"{name}.json", body.encode(), "application/json")

@@ -17,6 +17,7 @@ from darkroom import qa
 from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import Asset, AssetStatus
 from darkroom.parallel import default_workers, pool_size, process_map
+from darkroom.stages.brand import brand_rubric
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri
 
@@ -50,10 +51,10 @@ def run(ctx: RunContext, batch: int, regeneration: int = 0) -> dict:
 
 def check(ctx: RunContext, batch: int, counts: Counter, statuses) -> list[str]:
     """QA the batch's undecided assets in ``statuses``; return the failed variant ids."""
-    spec = ctx.spec
     # 1. The assets to check, with each one's rubric (its asset type's checks).
     todo = [a for a in assets.of_batch(ctx.catalog, ctx.run_pk, batch, statuses) if not a.reviews]
-    rubrics = {a.id: spec.qa.for_asset_type(a.variant.asset_type) for a in todo}
+    by_type = {t: brand_rubric(ctx, t) for t in {a.variant.asset_type for a in todo}}
+    rubrics = {a.id: by_type[a.variant.asset_type] for a in todo}
     # 2. The hashes to compare against: approved assets of the campaign, this run's others.
     index = duplicate_index(ctx, rubrics.values(), exclude={a.id for a in todo})
     # 3. The image checks, in worker processes, in plan order.

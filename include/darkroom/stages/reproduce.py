@@ -24,7 +24,7 @@ from darkroom.generation import routing
 from darkroom.generation.models import Lora, PipelineOptions, local_model_digest, resolve_location
 from darkroom.generation.resolve import resolve_model
 from darkroom.generation.types import Request
-from darkroom.ids import safe_key
+from darkroom.ids import key_part
 from darkroom.stages.generate import input_fields
 from darkroom.storage import open_storage, read_uri
 
@@ -72,7 +72,7 @@ def regenerate_asset(asset_id: str, settings: Settings, *, device: str = "auto")
     # 3. Same encoder, same provenance: equal pixels give equal bytes.
     data = imaging.encode(result.image, asset.format or "png", provenance)
     storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
-    key = f"{run.campaign}/{safe_key(run.run_id)}/regenerated/{asset.id}.{asset.format or 'png'}"
+    key = f"{run.campaign}/{key_part(run.run_id)}/regenerated/{asset.id}.{asset.format or 'png'}"
     stored = storage.put(key, data, "image/png")
     return Reproduction(asset.id, asset.uri, asset.sha256, stored.uri, stored.sha256)
 

@@ -14,6 +14,7 @@ from PIL import Image
 from darkroom import imaging, tracking
 from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import Asset, AssetStatus
+from darkroom.ids import key_part
 from darkroom.prompts import template_version
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri
@@ -153,7 +154,7 @@ def artifacts(ctx: RunContext, sheet_uri: str) -> dict[str, bytes]:
 
 
 def samples(ctx: RunContext, run_assets: list[Asset]) -> dict[str, bytes]:
-    return {f"samples/{a.variant.product_id}-{a.id}.png": read_uri(a.uri, s3_client=ctx.s3)
+    return {f"samples/{key_part(a.variant.product_id)}-{a.id}.png": read_uri(a.uri, s3_client=ctx.s3)
             for a in [a for a in run_assets if a.uri][:SAMPLE_IMAGES]}
 
 
