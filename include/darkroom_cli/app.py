@@ -544,7 +544,6 @@ def bench(
     """Measure the generate stage (images/s on this machine's device), qa (CPU ms per
     1024x1024 image for the default checks plus one JPEG derivative) or plan (seconds to
     validate, expand and store N variants)."""
-    from darkroom.devtools.bench import bench_generate, bench_qa  # torch and diffusers
 
     if stage not in ("generate", "qa", "plan"):
         raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan")
@@ -564,6 +563,8 @@ def bench(
         console.print(f"Wrote {out}")
         return
     if stage == "qa":
+        from darkroom.devtools.bench_qa import bench_qa  # numpy, the QA engines
+
         result = bench_qa(images=images)
         _write_result(out, result)
         cpu, par = result["cpu_ms_per_image"], result["parallel"]
@@ -572,6 +573,7 @@ def bench(
                       f"{par['images_per_s']} images/s on {par['workers']} workers")
         console.print(f"Wrote {out}")
         return
+    from darkroom.devtools.bench import bench_generate  # torch and diffusers
     from darkroom.devtools.full_size import ARCHS as FULL_SIZE  # torch and diffusers
     from darkroom.devtools.full_size import NATIVE_SIZE, ensure_random_pipeline
 

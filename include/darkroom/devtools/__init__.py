@@ -5,8 +5,8 @@
 - :mod:`~darkroom.devtools.tiny_adapters`, :mod:`~darkroom.devtools.tiny_upscaler`: tiny
   LoRAs, IP-Adapters and an x4 upscaler for them;
 - :mod:`~darkroom.devtools.full_size`: SD 1.5 / SDXL with random weights, for GPU benchmarks;
-- :mod:`~darkroom.devtools.bench`, ``bench_planning``, ``lineage_bench``: the benchmarks
-  behind docs/benchmarks.md.
+- :mod:`~darkroom.devtools.bench` (generate), ``bench_qa``, ``bench_planning``, ``lineage_bench``:
+  the benchmarks behind docs/benchmarks.md.
 
 Nothing in the product imports this package (the CLI does, for ``models build-tiny`` and
 ``bench``).
