@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import pytest
 from darkroom import imaging, postprocess
@@ -21,7 +22,9 @@ from darkroom.stages.sequence import run_to_review
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.hostile.helpers import CSV_HEADER, files, run_context, write_spec
+from tests.hostile.helpers import CSV_HEADER, ROOT, files, run_context, write_spec
+
+BRAND = ROOT / "include" / "brand"
 
 # -- CSV manifests ---------------------------------------------------------------------------
 
@@ -174,6 +177,41 @@ def test_unreadable_brand_files_name_the_field_and_the_fix(tmp_path, overlay, fi
     for w in words:
         assert w in message, message
     assert "<_io." not in message and "OSError" not in message
+
+
+@pytest.mark.parametrize("make, field, words", [
+    pytest.param(lambda p: p.write_text("not a picture"), "channels.marketplace.logo.path",
+                 ["not a PNG, JPEG, WebP or other image"], id="logo-not-an-image"),
+    pytest.param(lambda p: Image.new("1", (7000, 7000)).save(p, format="PNG"), "channels.marketplace.logo.path",
+                 ["decompression bomb"], id="logo-49-megapixels"),
+    pytest.param(lambda p: p.write_text("not a font"), "channels.web_tile.text.font",
+                 ["not a font Pillow can read (unknown file format)"], id="font-not-a-font"),
+])
+def test_logo_and_font_problems_stop_the_run_before_any_gpu_work(tmp_path, darkroom_home, make, field, words):
+    """They surfaced in postprocess, after every image had been generated: now validate_inputs
+    refuses the run, naming the field, and nothing is planned, generated or written."""
+    def mutate(d):
+        d["channels"]["marketplace"]["logo"]["path"] = "our-logo.png"
+        d["channels"]["web_tile"]["text"] = {"text": {"en": "Spring"}, "font": "our-font.ttf"}
+
+    spec = write_spec(tmp_path, mutate)
+    shutil.copy(BRAND / "logo.png", tmp_path / "our-logo.png")
+    shutil.copy(BRAND / "fonts" / "DejaVuSans.ttf", tmp_path / "our-font.ttf")
+    make(tmp_path / ("our-font.ttf" if "font" in field else "our-logo.png"))  # spoiled
+    ctx = run_context(spec)
+    before = files(tmp_path)
+    with pytest.raises(ValidationFailed) as err:
+        run_to_review(ctx)  # validate, plan, generate, QA, postprocess, track: stops at the first
+    message = str(err.value)
+    bad = tmp_path / ("our-font.ttf" if "font" in field else "our-logo.png")
+    assert str(spec) in message and f"{field} = {str(bad.resolve())!r}" in message, message
+    assert "nothing was generated" in message and "fix" in message
+    for w in words:
+        assert w in message, message
+    with ctx.catalog.session() as s:
+        for table in (Variant, PlanItem, Asset, ValidationResult):
+            assert s.scalar(select(func.count()).select_from(table)) == 0
+    assert {p for p in files(tmp_path) - before if not p.name.startswith("catalog.db")} == set()
 
 
 def _reference_spec(tmp_path, reference: str):
