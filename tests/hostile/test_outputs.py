@@ -16,7 +16,7 @@ from darkroom import imaging, postprocess
 from darkroom.catalog.tables import Asset, PlanItem, ValidationResult, Variant
 from darkroom.errors import ValidationFailed
 from darkroom.spec import Channel, load_spec
-from darkroom.stages import approve, publish, validate
+from darkroom.stages import approve, generate, plan, publish, validate
 from darkroom.stages.publish import FORMULA_PREFIXES, csv_cell
 from darkroom.stages.sequence import run_to_review
 from PIL import Image
@@ -305,3 +305,43 @@ def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path
     with ctx.catalog.session() as s:
         assert s.get(Asset, asset_id).status == AssetStatus.published
     assert len(list((dest / ctx.spec.id).rglob("*.png"))) == 1
+
+
+# -- a reference image that cannot be read when its variant is generated ------------------------
+
+@pytest.mark.usefixtures("use_tiny_model")
+@pytest.mark.parametrize("spoil, words", [
+    pytest.param(lambda p: p.unlink(), "does not exist", id="deleted"),
+    pytest.param(lambda p: p.write_bytes(b"GIF8" + bytes(range(256))), "changed since the variant was planned",
+                 id="overwritten"),
+])
+def test_one_unreadable_reference_fails_only_its_own_variant_with_its_own_reason(tmp_path, darkroom_home,
+                                                                                 spoil, words):
+    """It failed every variant of its forward pass, and recorded its reason for the good ones."""
+    def mutate(d):
+        d["products"].update(reference_image_column="reference", required_columns=["sku"])
+        d["generation"].update(mode="image2image", strength=0.6, steps=2, batch_size=4)
+
+    (tmp_path / "refs").mkdir()
+    rows = CSV_HEADER.replace("\n", ",reference\n")
+    for i, colour in enumerate(["red", "blue", "green"], start=1):
+        Image.new("RGB", (64, 64), colour).save(tmp_path / "refs" / f"TER-00{i}.png")
+        rows += f"TER-00{i},coffee mug,drinkware,{colour},stoneware,18.00,refs/TER-00{i}.png\n"
+    ctx = run_context(write_spec(tmp_path, mutate, rows=rows))
+    validate.run(ctx)
+    [batch] = plan.run(ctx)
+    bad = tmp_path / "refs" / "TER-002.png"
+    spoil(bad)  # between planning and generation
+    counts = generate.run(ctx, batch)
+    assert (counts["generated"], counts["failed"]) == (2, 1)
+    with ctx.catalog.session() as s:
+        assets = {a.variant.product_id: a for a in s.scalars(select(Asset))}
+        statuses = {pid: a.status for pid, a in assets.items()}
+        reasons = {pid: a.failure_reason for pid, a in assets.items()}
+    assert statuses == {"TER-001": "generated", "TER-002": "failed", "TER-003": "generated"}
+    assert reasons["TER-001"] is None and reasons["TER-003"] is None
+    assert reasons["TER-002"].startswith(f"input_image: product 'TER-002', column 'reference': the reference "
+                                         f"image {bad.resolve().as_uri()} ")
+    assert words in reasons["TER-002"] and "fix:" in reasons["TER-002"] and "<_io." not in reasons["TER-002"]
+    originals = {p.stem for p in (darkroom_home / "assets").rglob("originals/*.png")}
+    assert len(originals) == 2 and assets["TER-002"].variant_id not in originals
