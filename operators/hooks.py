@@ -65,6 +65,24 @@ def backend_settings() -> dict[str, str]:
     return extra
 
 
+C2PA_CONN_ID = os.environ.get("DARKROOM_C2PA_CONN_ID", "darkroom_c2pa")
+
+
+def signing_settings(conn_id: str = C2PA_CONN_ID) -> dict[str, str]:
+    """The C2PA signing key from an Airflow connection (darkroom.provenance.credentials), unless
+    DARKROOM_C2PA_CERT is set: password = the private key (PEM), extra = {"certificate_chain":
+    PEM, leaf first; "trust_anchors": PEM (optional); "tsa_url": URL (optional)}."""
+    if "DARKROOM_C2PA_CERT" in os.environ:
+        return {}
+    conn = _connection_or_none(conn_id)
+    if conn is None or not conn.password:
+        return {}
+    extra = conn.extra_dejson
+    out = {"c2pa_key": conn.password, "c2pa_cert": extra.get("certificate_chain"),
+           "c2pa_trust_anchors": extra.get("trust_anchors"), "c2pa_tsa_url": extra.get("tsa_url")}
+    return {k: v for k, v in out.items() if v}
+
+
 class DarkroomHook(BaseHook):
     """Settings from the environment, with the catalog taken from an Airflow connection
     (``darkroom_catalog``, a Postgres connection) when one is defined, and S3 clients from
@@ -91,7 +109,7 @@ class DarkroomHook(BaseHook):
                 sa_url = PostgresHook(postgres_conn_id=self.catalog_conn_id).sqlalchemy_url
                 url = sa_url.render_as_string(hide_password=False)
         return Settings.from_env(catalog_url=url, mlflow_tracking_uri=mlflow_uri_from_connection(),
-                                 extra=backend_settings() or None)
+                                 extra=backend_settings() or None, **signing_settings())
 
     @staticmethod
     def s3_client(aws_conn_id: str | None, endpoint_url: str | None = None):

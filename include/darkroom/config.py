@@ -37,6 +37,13 @@ class Settings:
     # (darkroom.confine): os.pathsep-separated lists.
     input_roots: tuple[Path, ...] = ()
     publish_roots: tuple[Path, ...] = ()
+    # C2PA signing (darkroom.provenance.credentials): PEM text or a file path each. Unset: a
+    # local test CA under $DARKROOM_HOME/c2pa signs (made once); real deployments bring a
+    # certificate from a CA their readers trust.
+    c2pa_cert: str | None = None  # the signing certificate chain, leaf first
+    c2pa_key: str | None = field(default=None, repr=False)  # its private key
+    c2pa_trust_anchors: str | None = None  # root(s) a signature must chain to
+    c2pa_tsa_url: str | None = None  # an RFC 3161 time-stamp authority, if any
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -60,6 +67,10 @@ class Settings:
             or os.environ.get("AWS_ENDPOINT_URL_S3"),
             input_roots=_paths(os.environ.get("DARKROOM_INPUT_ROOTS", "")),
             publish_roots=_paths(os.environ.get("DARKROOM_PUBLISH_ROOTS", "")),
+            c2pa_cert=os.environ.get("DARKROOM_C2PA_CERT") or None,
+            c2pa_key=os.environ.get("DARKROOM_C2PA_KEY") or None,
+            c2pa_trust_anchors=os.environ.get("DARKROOM_C2PA_TRUST_ANCHORS") or None,
+            c2pa_tsa_url=os.environ.get("DARKROOM_C2PA_TSA_URL") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps, PngImagePlugin
 
+from darkroom import __version__
+
 # Pillow's limits, set explicitly rather than inherited. A decompression bomb is refused
 # rather than decoded: Pillow warns above MAX_IMAGE_PIXELS and raises above twice it; decode()
 # turns the warning into an error too. 4096x4096x2 leaves room for 4096px upscales.
@@ -30,6 +32,29 @@ FONT = BRAND_DIR / "fonts" / "DejaVuSans.ttf"
 EXIF_IFD = 0x8769
 EXIF_USER_COMMENT = 0x9286
 IMAGE_DESCRIPTION = 0x010E
+# EXIF and XMP each travel in one JPEG segment (at most 65533 bytes), so a very long prompt
+# is cut for them here, and only here (clip, clip_parameters); PNG text chunks keep it whole.
+EXIF_PARAMETERS_BYTES = 60_000  # UserComment's UTF-16 text
+XMP_DESCRIPTION_BYTES = 48_000  # dc:description's UTF-8 text
+CLIPPED = " [...]"
+
+
+def clip(text: str, max_bytes: int, encoding: str = "utf-8") -> str:
+    """``text`` cut at a character boundary to fit ``max_bytes`` in ``encoding``, marked."""
+    data = text.encode(encoding)
+    if len(data) <= max_bytes:
+        return text
+    room = max(0, max_bytes - len(CLIPPED.encode(encoding)))
+    return data[:room].decode(encoding, "ignore") + CLIPPED
+
+
+def clip_parameters(parameters: str, max_bytes: int, encoding: str = "utf-8") -> str:
+    """An A1111 ``parameters`` text cut to size in its prompt, never in its settings line
+    (the last one), which readers parse."""
+    head, sep, settings = parameters.rpartition("\n")
+    if not sep or len(parameters.encode(encoding)) <= max_bytes:
+        return clip(parameters, max_bytes, encoding)
+    return clip(head, max_bytes - len((sep + settings).encode(encoding)), encoding) + sep + settings
 
 
 def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, guidance: float,
@@ -56,6 +81,39 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, gui
     return "\n".join(lines)
 
 
+def _tiff_ifd(entries: list[tuple[int, int, int, bytes]], at: int) -> bytes:
+    """One big-endian TIFF IFD at offset ``at``, its values after it: (tag, type, count, data)."""
+    import struct
+
+    values_at = at + 2 + 12 * len(entries) + 4
+    head, values = struct.pack(">H", len(entries)), b""
+    for tag, typ, count, data in sorted(entries):
+        if len(data) <= 4:  # fits in the entry itself
+            head += struct.pack(">HHI", tag, typ, count) + data.ljust(4, b"\0")
+        else:
+            head += struct.pack(">HHII", tag, typ, count, values_at + len(values))
+            values += data + b"\0" * (len(data) & 1)  # values start on word boundaries
+    return head + b"\0\0\0\0" + values  # no next IFD
+
+
+def exif_block(description: str, software: str, user_comment: bytes) -> bytes:
+    """An ``Exif\\0\\0`` block: IFD0 (ImageDescription, Software, the Exif IFD pointer) and
+    the Exif IFD (UserComment, type UNDEFINED). Written here because Pillow types UserComment
+    as BYTE and piexif.dump leaves out the Exif IFD's next-IFD field (exiftool flags both)."""
+    import struct
+
+    desc = description.encode("ascii", "replace") + b"\0"
+    soft = software.encode("ascii", "replace") + b"\0"
+
+    def ifd0(exif_at: int) -> bytes:
+        return _tiff_ifd([(IMAGE_DESCRIPTION, 2, len(desc), desc), (0x0131, 2, len(soft), soft),
+                          (EXIF_IFD, 4, 1, struct.pack(">I", exif_at))], 8)
+
+    exif_at = 8 + len(ifd0(0))
+    exif = _tiff_ifd([(EXIF_USER_COMMENT, 7, len(user_comment), user_comment)], exif_at)
+    return b"Exif\0\0MM\0\x2a" + struct.pack(">I", 8) + ifd0(exif_at) + exif
+
+
 @dataclass(frozen=True)
 class Provenance:
     parameters: str
@@ -65,14 +123,26 @@ class Provenance:
         info = PngImagePlugin.PngInfo()
         info.add_itxt("parameters", self.parameters)
         info.add_itxt("darkroom", json.dumps(self.darkroom, sort_keys=True))
+        info.add_itxt("XML:com.adobe.xmp", self.xmp().decode("utf-8"))
         return info
 
-    def exif(self) -> Image.Exif:
-        exif = Image.Exif()
-        exif[IMAGE_DESCRIPTION] = json.dumps(self.darkroom, sort_keys=True)
-        # UserComment with the UNICODE prefix, as AUTOMATIC1111 writes JPEG parameters.
-        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\0" + self.parameters.encode("utf-16-be")
-        return exif
+    def exif(self) -> bytes:
+        """EXIF as AUTOMATIC1111's readers and sd-prompt-reader need it: the parameters in
+        UserComment, type UNDEFINED, ``UNICODE\\0`` then UTF-16BE (piexif's UserComment.dump);
+        the darkroom JSON in ImageDescription."""
+        import piexif.helper
+
+        parameters = clip_parameters(self.parameters, EXIF_PARAMETERS_BYTES, "utf-16-be")
+        return exif_block(json.dumps(self.darkroom, sort_keys=True), f"Darkroom {__version__}",
+                          piexif.helper.UserComment.dump(parameters, "unicode"))
+
+    def xmp(self) -> bytes:
+        """The XMP packet (darkroom.provenance.xmp): Dublin Core, IPTC DigitalSourceType, darkroom:."""
+        from darkroom.provenance import xmp
+
+        prompt = xmp.prompt_from_parameters(self.parameters)
+        return xmp.packet(self.darkroom, description=clip(prompt, XMP_DESCRIPTION_BYTES),
+                          parameters=self.parameters, creator_tool=f"Darkroom {__version__}")
 
 
 def read_provenance(data: bytes) -> Provenance | None:
@@ -104,9 +174,10 @@ def encode(img: Image.Image, fmt: str, provenance: Provenance, quality: int = 90
     elif fmt == "jpeg":
         # optimize=False: an extra Huffman pass costs ~15% of a derivative's CPU for ~3% bytes.
         img.convert("RGB").save(buf, format="JPEG", quality=quality, exif=provenance.exif(),
-                                optimize=False, **icc)
+                                xmp=provenance.xmp(), optimize=False, **icc)
     elif fmt == "webp":
-        img.save(buf, format="WEBP", quality=quality, exif=provenance.exif(), method=4, **icc)
+        img.save(buf, format="WEBP", quality=quality, exif=provenance.exif(), xmp=provenance.xmp(),
+                 method=4, **icc)
     else:
         raise ValueError(f"unsupported format {fmt!r}; use png, jpeg or webp")
     return buf.getvalue()

@@ -9,6 +9,10 @@ transaction, then files are copied. A decision arriving after the claim is refus
 the gallery) instead of silently losing to a copy already under way; a copy that fails
 leaves the asset ``published`` with its approval, and the retry (which selects approved and
 published assets) copies what is missing.
+
+What is copied is the sealed file (darkroom.provenance.signing): the derivative with the
+approval in its XMP and signed Content Credentials, read back before it goes out; one whose
+credentials do not verify is not published, and the task fails naming it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from darkroom import confine
 from darkroom.errors import ValidationFailed
 from darkroom.ids import key_part
 from darkroom.models import Asset, AssetStatus, Publication, Review, Run
+from darkroom.provenance import signing
 from darkroom.storage import FileStorage, S3Storage, Storage, read_uri
 
 log = logging.getLogger("darkroom")
@@ -67,20 +72,25 @@ def publish_run(ctx) -> dict:
             for d in a.derivatives:
                 work.append((a, a.variant, d, approval))
     targets = [(dest, destination_storage(ctx, dest)) for dest in spec.publish]
+    # Approval into the XMP, Content Credentials signed and read back (darkroom.provenance.signing).
+    signed, refused = signing.sign_for_publication(ctx, work)
     copied = verified = 0
     manifest = []
     for _dest, store in targets:
         for asset, variant, deriv, approval in work:
+            if deriv.id not in signed:
+                continue  # refused: its credentials did not verify (raised below)
+            sig = signed[deriv.id]
             ext = deriv.uri.rsplit(".", 1)[-1]
             key = (f"{spec.id}/{key_part(deriv.channel)}/"
                    f"{key_part(variant.product_id)}-{variant.id}-v{asset.version}.{ext}")
             uri = store.uri_for(key)
             there = store.stat(uri)
-            if there is None or there.sha256 != deriv.sha256 or there.bytes != deriv.bytes:
+            if there is None or there.sha256 != sig.sha256 or there.bytes != sig.bytes:
                 if there is not None:
                     log.warning("%s differs from the catalog (sha256 %s, expected %s): copying again",
-                                uri, there.sha256, deriv.sha256)
-                data = read_uri(deriv.uri, s3_client=getattr(ctx.storage, "client", None))
+                                uri, there.sha256, sig.sha256)
+                data = read_uri(sig.uri, s3_client=getattr(ctx.storage, "client", None))
                 store.put(key, data, f"image/{deriv.format}")
                 copied += 1
             else:
@@ -90,12 +100,12 @@ def publish_run(ctx) -> dict:
                                                          Publication.destination == store.root_uri))
                 if pub is None:
                     s.add(Publication(derivative_id=deriv.id, run_pk=ctx.run_pk,
-                                      destination=store.root_uri, uri=uri, sha256=deriv.sha256))
-                elif (pub.uri, pub.sha256) != (uri, deriv.sha256):
-                    pub.uri, pub.sha256 = uri, deriv.sha256
+                                      destination=store.root_uri, uri=uri, sha256=sig.sha256))
+                elif (pub.uri, pub.sha256) != (uri, sig.sha256):
+                    pub.uri, pub.sha256 = uri, sig.sha256
             manifest.append({
                 "asset_id": asset.id, "variant_id": variant.id, "product_id": variant.product_id,
-                "channel": deriv.channel, "destination_uri": uri, "sha256": deriv.sha256,
+                "channel": deriv.channel, "destination_uri": uri, "sha256": sig.sha256,
                 "model": asset.model_name, "model_version": asset.model_version,
                 "seed": asset.seed, "prompt": variant.prompt,
                 "approved_by": approval.reviewer, "approved_at": approval.at.isoformat(),
@@ -111,6 +121,9 @@ def publish_run(ctx) -> dict:
         run.state = "published"
     log.info("Published %d files for %d assets to %d destination(s): %d copied, %d verified",
              len(manifest), summary["published_assets"], len(targets), copied, verified)
+    if refused:
+        raise signing.PublishRefused(f"{len(refused)} derivative(s) not published, their Content "
+                                     "Credentials did not verify:\n  - " + "\n  - ".join(refused))
     return summary
 
 

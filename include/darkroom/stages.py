@@ -763,6 +763,7 @@ def postprocess(ctx: RunContext, batch: int) -> dict:
                     s.add(row)
                 row.uri, row.sha256, row.bytes = stored.uri, stored.sha256, stored.bytes
                 row.width, row.height, row.format = d.width, d.height, d.format
+                row.phash, row.watermark, row.watermark_key = d.phash, d.watermark, d.watermark_key
             made += 1
     log.info("Postprocess batch %d: %d derivatives for %d assets, %d failed", batch, made,
              len(assets), failed)

@@ -26,7 +26,7 @@ from darkroom.prompts import template_version
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-SAMPLE_IMAGES = 8  # originals logged with mlflow.log_image per run
+SAMPLE_IMAGES = 8  # originals logged as artifacts (their own bytes) per run
 # A rough price for an accelerator hour, for the estimated_cost metric; set it to yours.
 GPU_HOURLY_COST_ENV = "DARKROOM_GPU_HOURLY_COST"
 DEFAULT_GPU_HOURLY_COST = 2.0
@@ -166,7 +166,6 @@ def _load_assets(ctx) -> tuple[Run, list[Asset]]:
 
 def log_run(ctx, contact_sheet_uri: str) -> str:
     """Create (or update) the DAG run's MLflow run: tags, params, metrics, artifacts."""
-    from darkroom import imaging
     from darkroom.inference import pick_device
     from darkroom.storage import read_uri
 
@@ -200,11 +199,41 @@ def log_run(ctx, contact_sheet_uri: str) -> str:
                 report = Path(tmp) / "validation.html"
                 report.write_bytes(read_uri(report_uri, s3_client=s3))
                 mlflow.log_artifact(str(report))
-        for a in [a for a in assets if a.uri][:SAMPLE_IMAGES]:
-            img = imaging.decode(read_uri(a.uri, s3_client=s3))
-            mlflow.log_image(img, artifact_file=f"samples/{key_part(a.variant.product_id)}-{a.id}.png")
+            # The originals' own bytes, not log_image's re-encode, which drops their provenance.
+            samples = Path(tmp) / "samples"
+            samples.mkdir()
+            for a in [a for a in assets if a.uri][:SAMPLE_IMAGES]:
+                (samples / f"{key_part(a.variant.product_id)}-{a.id}.png").write_bytes(
+                    read_uri(a.uri, s3_client=s3))
+            if any(samples.iterdir()):
+                mlflow.log_artifacts(str(samples), artifact_path="samples")
+        log_products(ctx, mlflow)
         mlflow.log_table(_asset_table(assets), artifact_file="assets.json")
         return active.info.run_id
+
+
+def log_products(ctx, mlflow) -> None:
+    """The product rows as the run's MLflow dataset input: source and digest, so a run says
+    which data it was made from. Skipped with a warning when the source cannot be read now
+    (validate_inputs read it; a source that moved since must not lose the run's tracking)."""
+    import logging
+
+    from darkroom.products import load_products_frame
+
+    s3 = getattr(ctx.storage, "client", None) if ctx.loaded.product_source.startswith("s3://") else None
+    try:
+        df = load_products_frame(ctx.loaded, s3_client=s3, sql_url_factory=ctx.sql_url_factory)
+    except Exception as exc:
+        logging.getLogger("darkroom").warning("MLflow: product data not logged as a dataset: %s", exc)
+        return
+    source = ctx.loaded.product_source
+    if source.startswith("postgres://"):  # MLflow has no source type for it: say what it is
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource({"products.source": source, "table": ctx.spec.products.table or "",
+                                    "query": ctx.spec.products.query or ""})
+    dataset = mlflow.data.from_pandas(df, source=source, name=f"{ctx.spec.id}.products")
+    mlflow.log_input(dataset, context="products")
 
 
 def log_publication(ctx, mlflow_run_id: str, summary: dict, approvals: dict) -> None:
