@@ -18,6 +18,7 @@ from darkroom.spec import load_spec
 from darkroom.stages import RunContext, expand_prompts, validate_inputs
 from darkroom.storage import read_uri
 from darkroom.validation import validate_products
+from PIL import Image
 from sqlalchemy import func, select
 
 from tests.test_inputs import CSV, make_spec
@@ -107,7 +108,7 @@ def test_unknown_expectation_names_it(tmp_path):
 
 def test_reference_images_local_and_s3(tmp_path, s3_client, bucket):
     (tmp_path / "refs").mkdir()
-    (tmp_path / "refs" / "mug.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "refs" / "mug.png")  # local files are read: a real PNG
     s3_client.put_object(Bucket=bucket, Key="refs/cup.png", Body=b"png")
     s3_client.put_object(Bucket=bucket, Key="elsewhere/cup.png", Body=b"png")
     refs = ["refs/mug.png", f"s3://{bucket}/refs/cup.png", "refs/gone.png",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -32,31 +33,6 @@ FONT = BRAND_DIR / "fonts" / "DejaVuSans.ttf"
 EXIF_IFD = 0x8769
 EXIF_USER_COMMENT = 0x9286
 IMAGE_DESCRIPTION = 0x010E
-# EXIF and XMP each travel in one JPEG segment (at most 65533 bytes), so a very long prompt
-# is cut for them here, and only here (clip, clip_parameters); PNG text chunks keep it whole.
-EXIF_PARAMETERS_BYTES = 60_000  # UserComment's UTF-16 text
-XMP_DESCRIPTION_BYTES = 48_000  # dc:description's UTF-8 text
-CLIPPED = " [...]"
-
-
-def clip(text: str, max_bytes: int, encoding: str = "utf-8") -> str:
-    """``text`` cut at a character boundary to fit ``max_bytes`` in ``encoding``, marked."""
-    data = text.encode(encoding)
-    if len(data) <= max_bytes:
-        return text
-    room = max(0, max_bytes - len(CLIPPED.encode(encoding)))
-    return data[:room].decode(encoding, "ignore") + CLIPPED
-
-
-def clip_parameters(parameters: str, max_bytes: int, encoding: str = "utf-8") -> str:
-    """An A1111 ``parameters`` text cut to size in its prompt, never in its settings line
-    (the last one), which readers parse."""
-    head, sep, settings = parameters.rpartition("\n")
-    if not sep or len(parameters.encode(encoding)) <= max_bytes:
-        return clip(parameters, max_bytes, encoding)
-    return clip(head, max_bytes - len((sep + settings).encode(encoding)), encoding) + sep + settings
-
-
 def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, guidance: float,
              seed: int, width: int, height: int, model_hash: str, model: str,
              extra: dict | None = None) -> str:
@@ -79,6 +55,49 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, gui
         lines.append(f"Negative prompt: {negative_prompt}")
     lines.append(tail)
     return "\n".join(lines)
+
+
+# Provenance inside files has hard limits: a JPEG's EXIF segment holds at most 65,533 bytes
+# (Pillow: "EXIF data is too long"), and our own reader refuses PNG text chunks over
+# MAX_TEXT_CHUNK. Longer fields are cut to these sizes, never dropped, and the cut is recorded
+# in the darkroom record (`truncated`); the catalog keeps every field whole.
+#: Bytes of the EXIF UserComment (the parameters text, UTF-16) in JPEG and WebP.
+EXIF_PARAMETERS_BYTES = 48_000
+#: Bytes (UTF-8) of the XMP packet's dc:description (the prompt): the packet, like EXIF,
+#: lives in one JPEG segment (darkroom.provenance.xmp.MAX_PACKET_BYTES).
+XMP_DESCRIPTION_BYTES = 40_000
+#: Bytes of the EXIF ImageDescription (the darkroom JSON) in JPEG and WebP.
+EXIF_DARKROOM_BYTES = 16_000
+#: Bytes (UTF-8) of each PNG text chunk: under MAX_TEXT_CHUNK, so it reads back.
+PNG_TEXT_BYTES = PngImagePlugin.MAX_TEXT_CHUNK - 1024
+#: Characters of one string value in the darkroom record when it must be cut to fit.
+DARKROOM_VALUE_CHARS = 1_000
+CUT = " [...]"
+
+
+def _fit_parameters(text: str, max_bytes: int, encoding: str) -> str:
+    """``text`` within ``max_bytes``: the prompt lines are cut, the settings line (the last,
+    which QA and AUTOMATIC1111's readers parse) is kept whole."""
+    if len(text.encode(encoding)) <= max_bytes:
+        return text
+    head, sep, settings = text.rpartition("\n")
+    budget = max_bytes - len((CUT + sep + settings).encode(encoding))
+    # Cut at the byte budget; a character split by the cut is dropped, not mangled.
+    kept = head.encode(encoding)[: max(budget, 0)].decode(encoding, errors="ignore")
+    return kept + CUT + sep + settings
+
+
+def _fit_darkroom(record: dict, max_bytes: int) -> dict:
+    """``record`` as JSON within ``max_bytes``: long string values are cut (and named)."""
+    if len(json.dumps(record, sort_keys=True)) <= max_bytes:
+        return record
+    long = sorted(k for k, v in record.items() if isinstance(v, str) and len(v) > DARKROOM_VALUE_CHARS)
+    out = {k: (v[:DARKROOM_VALUE_CHARS] + CUT if k in long else v) for k, v in record.items()}
+    out["truncated"] = {**record.get("truncated", {}), **{k: len(record[k]) for k in long}}
+    if len(json.dumps(out, sort_keys=True)) > max_bytes:  # not strings: keep only the ids
+        keep = ("asset_id", "variant_id", "campaign", "run_id", "channel", "recipe")
+        out = {k: out[k] for k in keep if k in out} | {"truncated": {"darkroom": "record too long"}}
+    return out
 
 
 def _tiff_ifd(entries: list[tuple[int, int, int, bytes]], at: int) -> bytes:
@@ -119,10 +138,19 @@ class Provenance:
     parameters: str
     darkroom: dict
 
+    def _fitted(self, max_parameters: int, encoding: str, max_darkroom: int) -> tuple[str, dict]:
+        params = _fit_parameters(self.parameters, max_parameters, encoding)
+        record = self.darkroom
+        if params != self.parameters:
+            record = {**record, "truncated": {**record.get("truncated", {}),
+                                              "parameters": len(self.parameters)}}
+        return params, _fit_darkroom(record, max_darkroom)
+
     def png_info(self) -> PngImagePlugin.PngInfo:
+        params, record = self._fitted(PNG_TEXT_BYTES, "utf-8", PNG_TEXT_BYTES)
         info = PngImagePlugin.PngInfo()
-        info.add_itxt("parameters", self.parameters)
-        info.add_itxt("darkroom", json.dumps(self.darkroom, sort_keys=True))
+        info.add_itxt("parameters", params)
+        info.add_itxt("darkroom", json.dumps(record, sort_keys=True))
         info.add_itxt("XML:com.adobe.xmp", self.xmp().decode("utf-8"))
         return info
 
@@ -132,17 +160,18 @@ class Provenance:
         the darkroom JSON in ImageDescription."""
         import piexif.helper
 
-        parameters = clip_parameters(self.parameters, EXIF_PARAMETERS_BYTES, "utf-16-be")
-        return exif_block(json.dumps(self.darkroom, sort_keys=True), f"Darkroom {__version__}",
-                          piexif.helper.UserComment.dump(parameters, "unicode"))
+        # UserComment: 8 bytes of charset prefix, then UTF-16.
+        params, record = self._fitted(EXIF_PARAMETERS_BYTES - 8, "utf-16-be", EXIF_DARKROOM_BYTES)
+        return exif_block(json.dumps(record, sort_keys=True), f"Darkroom {__version__}",
+                          piexif.helper.UserComment.dump(params, "unicode"))
 
     def xmp(self) -> bytes:
         """The XMP packet (darkroom.provenance.xmp): Dublin Core, IPTC DigitalSourceType, darkroom:."""
         from darkroom.provenance import xmp
 
-        prompt = xmp.prompt_from_parameters(self.parameters)
-        return xmp.packet(self.darkroom, description=clip(prompt, XMP_DESCRIPTION_BYTES),
-                          parameters=self.parameters, creator_tool=f"Darkroom {__version__}")
+        params, record = self._fitted(XMP_DESCRIPTION_BYTES, "utf-8", EXIF_DARKROOM_BYTES)
+        return xmp.packet(record, description=xmp.prompt_from_parameters(params),
+                          parameters=params, creator_tool=f"Darkroom {__version__}")
 
 
 def read_provenance(data: bytes) -> Provenance | None:
@@ -210,9 +239,42 @@ def decode_with_format(data: bytes) -> tuple[Image.Image, str]:
         raise BadImage(f"refused as a decompression bomb: {exc} (limit Image.MAX_IMAGE_PIXELS="
                        f"{Image.MAX_IMAGE_PIXELS})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        text = str(exc)
+        text = _pillow_reason(exc)
         why = "truncated file" if "truncated" in text.lower() else "not a readable image"
         raise BadImage(f"{why}: {text}") from None
+
+
+_STREAM = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>|\s*'[^']*'$")
+
+
+def _pillow_reason(exc: BaseException) -> str:
+    """Pillow's reason without the stream or path it names ("cannot identify image file
+    <_io.BytesIO object at 0x7f...>" says nothing to a reader: the caller names the file)."""
+    text = _STREAM.sub("", str(exc)).strip()
+    if text.startswith("cannot identify image file"):
+        return "not a PNG, JPEG, WebP or other image format Pillow reads"
+    return text or type(exc).__name__
+
+
+def probe(path: Path) -> tuple[str, tuple[int, int]]:
+    """Format and size from a file's header, with :func:`decode`'s limits (file bytes, pixels),
+    without decoding the pixels: cheap enough to check every reference image at validation."""
+    size = path.stat().st_size
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise BadImage(f"refused: file is {size} bytes, limit {MAX_FILE_BYTES} "
+                       "(darkroom.imaging.MAX_FILE_BYTES)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return (img.format or "").lower(), img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"refused as a decompression bomb: {_pillow_reason(exc)} (limit "
+                       f"Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"not a readable image: {_pillow_reason(exc)}") from None
 
 
 def fit(img: Image.Image, width: int, height: int, mode: str = "crop",

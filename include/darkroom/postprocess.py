@@ -183,13 +183,26 @@ def _brand_path(raw: str) -> Path:
 
 @functools.lru_cache(maxsize=16)
 def _logo(path: str) -> Image.Image:
+    # Decoded like every other input image (imaging.decode: file size, pixel and bomb limits):
+    # a 49-megapixel "logo" is refused as a reference image of that size would be.
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGBA")
+        return imaging.decode(Path(path).read_bytes()).convert("RGBA")
+    except (OSError, imaging.BadImage) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RecipeError(f"logo {path}: cannot use it ({why}); fix `channels.<name>.logo.path`: "
+                          "a PNG with transparency (relative paths are under include/brand/)") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _font(path: str, size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(path, size)
     except (OSError, ValueError) as exc:
-        raise RecipeError(f"logo {path}: cannot read it ({exc}); fix `channels.<name>.logo.path` "
-                          "(relative paths are under include/brand/)") from None
+        raise RecipeError(f"font {path}: not a font Pillow can read ({exc}); fix "
+                          "`channels.<name>.text.font`: a .ttf or .otf file (relative paths are "
+                          "under include/brand/)") from None
 
 
 def overlay_logo(img: Image.Image, logo_cfg) -> Image.Image:
@@ -221,9 +234,7 @@ def overlay_text(img: Image.Image, text_cfg, locale: str | None = None) -> Image
     if not path.is_file():
         raise RecipeError(f"font {path} does not exist; fix `channels.<name>.text.font` "
                           "(relative paths are under include/brand/)")
-    from PIL import ImageFont
-
-    fnt = ImageFont.truetype(str(path), max(6, round(img.height * text_cfg.size)))
+    fnt = _font(str(path), max(6, round(img.height * text_cfg.size)))
     base = img.convert("RGBA")
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
@@ -413,14 +424,28 @@ def check_recipes(channels: dict, upscaler: str = "default", *,
         except ModelError as exc:
             problems.append(str(exc))
     for name, ch in channels.items():
+        # Read now, with the limits used later, so a bad logo or font fails before any
+        # derivative (and, called from validation, before any GPU work).
         if ch.logo is not None:
             p = _brand_path(ch.logo.path)
             if not p.is_file():
                 problems.append(f"channels.{name}.logo.path = {ch.logo.path!r}: {p} does not exist")
+            else:
+                try:
+                    _logo(str(p))
+                except RecipeError as exc:
+                    problems.append(f"channels.{name}.logo.path = {ch.logo.path!r}: "
+                                    f"{str(exc).split(': ', 1)[1]}")
         if ch.text is not None:
             p = _brand_path(ch.text.font)
             if not p.is_file():
                 problems.append(f"channels.{name}.text.font = {ch.text.font!r}: {p} does not exist")
+            else:
+                try:
+                    _font(str(p), 12)
+                except RecipeError as exc:
+                    problems.append(f"channels.{name}.text.font = {ch.text.font!r}: "
+                                    f"{str(exc).split(': ', 1)[1]}")
         if ch.upscale_to and upscaler not in UPSCALERS:
             problems.append(f"channels.{name}.upscale_to = {ch.upscale_to}: no upscaler {upscaler!r} "
                             "registered in darkroom.postprocess.UPSCALERS; remove upscale_to or "

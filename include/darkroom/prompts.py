@@ -12,21 +12,24 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
-import unicodedata
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache
 
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
+from darkroom import sandbox
 from darkroom.errors import PolicyError
+from darkroom.policy import RestrictedTerms
+from darkroom.policy import fold as _fold
+from darkroom.sandbox import PromptSandbox
 from darkroom.spec import PROMPT_PIECES, LoadedSpec
 
 
 @cache
-def template_environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True)
+def template_environment() -> PromptSandbox:
+    """The bounded, immutable sandbox every prompt template runs in (darkroom.sandbox)."""
+    return PromptSandbox(undefined=StrictUndefined, autoescape=False, trim_blocks=True)
 
 
 def short_hash(*parts: object, length: int = 16) -> str:
@@ -38,39 +41,6 @@ def template_version(loaded: LoadedSpec) -> str:
     """The content hash of everything that shapes prompt text: its version on every variant."""
     s = loaded.spec
     return short_hash(s.prompts.model_dump(), s.brand.style, s.brand.negative, length=12)
-
-
-def _fold(text: str) -> str:
-    # Case- and accent-insensitive matching: "Crème" and "creme" are the same term.
-    if text.isascii():  # nothing to decompose; the common case, and 10x faster
-        return text.casefold()
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-@dataclass(frozen=True)
-class RestrictedTerms:
-    terms: tuple[str, ...]
-
-    @classmethod
-    def for_spec(cls, loaded: LoadedSpec) -> RestrictedTerms:
-        terms = list(loaded.spec.brand.restricted_terms)
-        if loaded.spec.brand.restricted_terms_file:
-            text = loaded.resolve(loaded.spec.brand.restricted_terms_file).read_text("utf-8")
-            terms += [t.strip() for t in text.splitlines() if t.strip() and not t.startswith("#")]
-        return cls(tuple(dict.fromkeys(terms)))
-
-    @cached_property
-    def _patterns(self) -> list[tuple[str, re.Pattern]]:
-        # Compiled once: planning 10,000 variants checks every prompt.
-        return [(t, re.compile(rf"(?<!\w){re.escape(_fold(t))}(?!\w)")) for t in self.terms]
-
-    def find(self, text: str) -> list[str]:
-        folded = _fold(text)
-        return [term for term, pat in self._patterns if pat.search(folded)]
-
-    def matches(self, term: str, text: str) -> bool:
-        return any(t == term and pat.search(_fold(text)) for t, pat in self._patterns)
 
 
 @dataclass(frozen=True)
@@ -152,7 +122,7 @@ class _Renderer:
         if tmpl is None:
             return ""
         try:
-            return " ".join(tmpl.render(context).split())
+            return " ".join(sandbox.render(tmpl, context).split())
         except UndefinedError as exc:
             names = ", ".join(f"product.{k}" for k in sorted(context["product"]))
             raise PolicyError(
@@ -161,12 +131,20 @@ class _Renderer:
                 "asset_type.name, asset_type.description, campaign, locale"
                 + (f", vary.{{{', '.join(sorted(context['vary']))}}}" if context["vary"] else "")
             ) from None
+        except sandbox.TemplateLimit as exc:
+            raise PolicyError(f"{self.loaded.path}: field `prompts.{name}`: stopped for product "
+                              f"{product_id!r}: {exc}") from None
         except SecurityError as exc:
             raise PolicyError(f"{self.loaded.path}: field `prompts.{name}`: refused by the "
                               f"template sandbox: {exc}; fix: use plain variables and filters") from None
         except TemplateError as exc:
             raise PolicyError(f"{self.loaded.path}: field `prompts.{name}`: {exc} (product "
                               f"{product_id!r}); fix the template") from None
+        except Exception as exc:  # noqa: BLE001 - a template's failure is a message, never a traceback
+            # Python's own errors inside the template (1/0, a filter given a number, ...)
+            raise PolicyError(f"{self.loaded.path}: field `prompts.{name}`: the template failed "
+                              f"for product {product_id!r}: {type(exc).__name__}: "
+                              f"{str(exc)[:200]}; fix the template") from None
 
 
 def _attribute(terms: RestrictedTerms, term: str, prompt: str, row: dict, origin: dict[str, str],
@@ -188,7 +166,8 @@ def _attribute(terms: RestrictedTerms, term: str, prompt: str, row: dict, origin
 
 def render_variants(
     loaded: LoadedSpec, products: list[dict], *, seed_offset: int = 0,
-    inputs: dict[str, dict] | None = None,
+    inputs: dict[str, dict] | None = None, limit: int | None = None,
+    wanted: set[str] | None = None,
 ) -> list[PlannedVariant]:
     """Products x asset types x locales x vary combinations x seeds, rendered, stable order.
 
@@ -196,8 +175,20 @@ def render_variants(
     for image2image, inpainting and IP-Adapter; their checksums join the variant's identity,
     so a changed reference image makes a new variant.
 
-    Raises PolicyError when a template names a variable that does not exist.
+    ``wanted`` (variant ids) and ``limit`` (the first N, after ``wanted``) are applied before
+    rendering: a variant's id does not depend on its prompt, so a run limited to 2 variants of
+    a million products renders 2 prompts, not a million.
+
+    Raises PolicyError when a template names a variable that does not exist or goes past a
+    limit of the sandbox (darkroom.sandbox).
     """
+    if limit is not None and limit <= 0:
+        return []
+    return list(itertools.islice(_iter_variants(loaded, products, seed_offset, inputs, wanted), limit))
+
+
+def _iter_variants(loaded: LoadedSpec, products: list[dict], seed_offset: int,
+                   inputs: dict[str, dict] | None, wanted: set[str] | None):
     spec = loaded.spec
     p = spec.prompts
     renderer = _Renderer(loaded)
@@ -209,7 +200,6 @@ def render_variants(
     locales: list[str | None] = list(p.locales) or [None]
     seeds = [spec.generation.base_seed + seed_offset + i for i in range(spec.generation.seeds_per_variant)]
     asset_types = [(at, at.model_dump()) for at in spec.asset_types]  # dumped once, not per product
-    out: list[PlannedVariant] = []
     for row in products:
         product_id = str(row[id_col])
         row_hash = short_hash(row)
@@ -226,6 +216,20 @@ def render_variants(
                 free_text = free_text[: p.free_text_max_chars]
             for at, at_fields in asset_types:
                 for combo in combos:
+                    extra: dict = dict((inputs or {}).get(product_id, {}))
+                    if locale:
+                        extra["locale"] = locale
+                    if combo:
+                        extra["vary"] = combo
+                    # Locale and vary join the identity only when used, so specs without
+                    # them keep the ids their variants already have.
+                    ids = {seed: short_hash(spec.id, product_id, row_hash, version, at.name, params,
+                                            seed, *([extra] if extra else []), length=24)
+                           for seed in seeds}
+                    if wanted is not None:
+                        ids = {seed: vid for seed, vid in ids.items() if vid in wanted}
+                        if not ids:
+                            continue  # nothing of this combination is asked for: not rendered
                     ctx = {"product": product, "asset_type": at_fields, "campaign": spec.id,
                            "locale": locale or "", "vary": combo}
                     pieces = {n: renderer.render(n, ctx, product_id, at.name) for n in PROMPT_PIECES}
@@ -251,32 +255,19 @@ def render_variants(
                         violations = [Violation(t, _attribute(terms, t, prompt, seen, origin, cols,
                                                               sources, spec.brand.style))
                                       for t in found]
-                    extra: dict = dict((inputs or {}).get(product_id, {}))
-                    if locale:
-                        extra["locale"] = locale
-                    if combo:
-                        extra["vary"] = combo
-                    for seed in seeds:
-                        # Locale and vary join the identity only when used, so specs without
-                        # them keep the ids their variants already have.
-                        identity = [spec.id, product_id, row_hash, version, at.name, params, seed]
-                        if extra:
-                            identity.append(extra)
-                        out.append(
-                            PlannedVariant(
-                                id=short_hash(*identity, length=24),
-                                product_id=product_id,
-                                asset_type=at.name,
-                                channels=list(at.channels),
-                                template_version=version,
-                                prompt=prompt,
-                                negative_prompt=neg,
-                                seed=seed,
-                                params={**params, "row_hash": row_hash, **extra},
-                                violations=violations,
-                            )
+                    for seed, vid in ids.items():
+                        yield PlannedVariant(
+                            id=vid,
+                            product_id=product_id,
+                            asset_type=at.name,
+                            channels=list(at.channels),
+                            template_version=version,
+                            prompt=prompt,
+                            negative_prompt=neg,
+                            seed=seed,
+                            params={**params, "row_hash": row_hash, **extra},
+                            violations=violations,
                         )
-    return out
 
 
 def chunk(items: list, variants_per_task: int, max_tasks: int) -> list[list]:

@@ -10,15 +10,15 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-import yaml
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from darkroom import confine
 from darkroom.config import Settings
 from darkroom.errors import SpecError
+from darkroom.yaml_safe import load_yaml
 
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -26,8 +26,9 @@ DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
 
 class _Model(BaseModel):
-    # Unknown keys are spelling mistakes far more often than intent: refuse them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are spelling mistakes far more often than intent: refuse them. Strict: a
+    # YAML `true` or `1e21` is not a step count, and a number is not a text; inf/nan are no limits.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Expectation(_Model):
@@ -68,6 +69,10 @@ class ProductSource(_Model):
         None, description="Column of reference image paths (relative to the spec) or s3:// URIs; "
         "validation checks each one exists and lies under an allowed root (darkroom.confine)"
     )
+    max_value_length: int = Field(
+        5000, ge=1, le=1_000_000,
+        description="Longest text a product value may have (characters); longer values fail "
+        "validation (expect_column_value_lengths_to_be_between on every text column)")
     image_roots: list[str] = Field(
         default_factory=list,
         description="Where reference and mask images may come from besides the spec's and the "
@@ -500,11 +505,39 @@ class S3Destination(_Model):
 Destination = Annotated[FolderDestination | S3Destination, Field(discriminator="kind")]
 
 
+#: Airflow 3.3's schedule presets (airflow.sdk.definitions.timetables._cron.CRON_PRESETS, kept
+#: in sync by hand there too): copied, because importing Airflow here would slow every parse.
+CRON_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0",
+                "@monthly": "0 0 1 * *", "@quarterly": "0 0 1 */3 *", "@yearly": "0 0 1 1 *"}
+#: Schedules Airflow turns into timetables of their own, not cron.
+SPECIAL_SCHEDULES = ("@once", "@continuous")
+
+
+def schedule_problem(value: str) -> str | None:
+    """Why Airflow would refuse ``value`` as a DAG's schedule, or None. Airflow's rule
+    (``CronMixin.validate``): a preset, @once/@continuous, or what croniter parses."""
+    if value in SPECIAL_SCHEDULES or value in CRON_PRESETS:
+        return None
+    try:
+        from croniter import croniter
+    except ImportError:  # the Airflow-free core: Airflow (which brings croniter) checks it
+        return None
+    try:
+        croniter(value)
+    except Exception as exc:  # croniter's own errors, and anything odd input makes it raise
+        return (f"not a schedule Airflow accepts ({exc}); fix: a cron expression with five "
+                "fields, minute hour day-of-month month day-of-week (e.g. '0 6 * * 1' for "
+                f"Mondays at 06:00), or one of {', '.join([*CRON_PRESETS, *SPECIAL_SCHEDULES])}")
+    return None
+
+
 class CampaignSpec(_Model):
     id: Annotated[str, Field(pattern=ID_PATTERN, description="Lower-case id; DAG is campaign__<id>")]
     brief: str = Field(min_length=1)
     owner: str = "darkroom"
-    schedule: str | None = Field(None, description="Cron expression or preset; null = manual")
+    schedule: str | None = Field(None, description="Cron expression or preset (@hourly, @daily, "
+                                 "@weekly, @monthly, @quarterly, @yearly, @once, @continuous); "
+                                 "null = manual")
     tags: list[str] = Field(default_factory=list)
     products: ProductSource
     prompts: Prompts
@@ -515,6 +548,14 @@ class CampaignSpec(_Model):
     qa: QARubric = QARubric()
     approval: Approval = Approval()
     publish: list[Destination] = Field(default_factory=list)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        problem = v is not None and schedule_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("channels")
     @classmethod
@@ -613,6 +654,49 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return sorted(getattr(model, "model_fields", {}) or [])
 
 
+def _field_info(loc: tuple) -> Any:
+    """The pydantic FieldInfo an error location points at (through lists and dicts), or None."""
+    ann: Any = CampaignSpec
+    info = None
+    for part in loc:
+        ann = next((a for a in (ann, *get_args(ann)) if a is not type(None) and (
+            isinstance(a, type) and issubclass(a, BaseModel) or get_origin(a) in (list, dict))), ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            info = ann.model_fields.get(part) if isinstance(part, str) else None
+            if info is None:
+                return None
+            ann = info.annotation
+        elif get_origin(ann) in (list, dict):
+            ann = get_args(ann)[-1] if get_args(ann) else Any  # an item, or a key's value
+            info = None
+        else:
+            return None
+    return info
+
+
+_NUMBER_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                  "multiple_of", "int_type", "int_from_float", "int_parsing", "float_type",
+                  "float_parsing", "finite_number")
+
+
+def _bounds(info: Any) -> str:
+    """What a number field allows, from its constraints: 'a whole number from 16 to 4096, a
+    multiple of 8'."""
+    c = {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt", "multiple_of")
+         if getattr(m, k, None) is not None}
+    whole = info.annotation is int or int in get_args(info.annotation)
+    text = "a whole number" if whole else "a number"
+    if "ge" in c and "le" in c:
+        text += f" from {c['ge']} to {c['le']}"
+    else:
+        words = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+        text += " " + " and ".join(f"{words[k]} {c[k]}" for k in words if k in c) if c.keys() - {
+            "multiple_of"} else ""
+    if "multiple_of" in c:
+        text += f", a multiple of {c['multiple_of']}"
+    return text + (" (not true/false, not a decimal)" if whole else " (not true/false)")
+
+
 def _describe(err: dict) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("folder", "s3")))
     where = ".".join(str(p) for p in loc) or "(top level)"
@@ -626,6 +710,8 @@ def _describe(err: dict) -> str:
         fix = fix.format(allowed=", ".join(_allowed_keys(err["loc"])) or "see spec.schema.json")
     if err["type"] == "missing":
         return f"field `{where}` is missing: {fix}"
+    if err["type"] in _NUMBER_ERRORS and (info := _field_info(tuple(err["loc"]))) is not None:
+        fix = f"give {_bounds(info)}"
     out = f"field `{where}` = {shown}: {msg}"
     return f"{out}; fix: {fix}" if fix else out
 
@@ -643,15 +729,8 @@ def parse_spec(data: Any, path: str | Path = "<memory>") -> CampaignSpec:
 def load_spec(path: str | Path) -> LoadedSpec:
     """Read, parse and check one spec file. Cheap enough for DAG parse time."""
     path = Path(path).resolve()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(str(path), ["file not found"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(str(path), [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
-    spec = parse_spec(data, path)
+    # Bounded YAML: size, UTF-8, alias expansion, depth, duplicate keys (darkroom.yaml_safe).
+    spec = parse_spec(load_yaml(path), path)
     loaded = LoadedSpec(spec=spec, path=path)
     problems = _check_files_and_templates(loaded)
     if problems:
@@ -687,6 +766,12 @@ def _check_files_and_templates(loaded: LoadedSpec) -> list[str]:
             problems.append(
                 f"field `prompts.{name}`: template syntax error on line {exc.lineno}: {exc.message}"
             )
+        except RecursionError:
+            problems.append(f"field `prompts.{name}`: the template nests too deeply to compile; "
+                            "fix: fewer nested brackets, filters or blocks")
+        except Exception as exc:  # Jinja's compiler on odd input: a message, never a traceback
+            problems.append(f"field `prompts.{name}`: the template cannot be compiled "
+                            f"({type(exc).__name__}: {str(exc)[:200]}); fix the template")
     return problems
 
 
@@ -697,8 +782,8 @@ def find_spec(name_or_path: str, campaigns_dir: Path) -> Path:
         return p
     for candidate in sorted(campaigns_dir.glob("*.y*ml")):
         try:
-            data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
+            data = load_yaml(candidate)  # the same bounded loader: any campaign file may be hostile
+        except SpecError:
             continue
         if isinstance(data, dict) and data.get("id") == name_or_path:
             return candidate

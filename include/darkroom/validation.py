@@ -17,13 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from darkroom import confine
+from darkroom import confine, imaging
 from darkroom.config import Settings
 from darkroom.errors import ValidationFailed
 from darkroom.spec import LoadedSpec
 
 log = logging.getLogger("darkroom")
 SAMPLE_ROWS = 5
+#: Characters of a value shown in reports (the value itself may be megabytes).
+SHOWN_CHARS = 120
+#: Bytes of an expectation suite file.
+MAX_SUITE_BYTES = 1024 * 1024
 REFERENCE_CHECK = "expect_reference_images_to_exist"
 
 
@@ -133,7 +137,10 @@ def suite_path(loaded: LoadedSpec, name: str) -> Path:
     return path
 
 
-def expectation_configs(loaded: LoadedSpec) -> list[dict]:
+def expectation_configs(loaded: LoadedSpec, text_columns: list[str] = ()) -> list[dict]:
+    """The suite: the defaults (required columns exist, id not null and unique, required
+    columns not null, every text column in ``text_columns`` at most
+    ``products.max_value_length`` characters), then the spec's suite file or inline list."""
     spec = loaded.spec
     p = spec.products
     required = list(dict.fromkeys([p.id_column, *p.required_columns, *p.columns.values()]))
@@ -145,16 +152,54 @@ def expectation_configs(loaded: LoadedSpec) -> list[dict]:
     for col in p.required_columns:
         if col != p.id_column:
             configs.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": col}})
+    # A 2 MB product name is an export gone wrong (or an attack), not a prompt: it would reach
+    # every prompt, file and manifest. Fix: products.max_value_length, or clean the data.
+    configs += [{"type": "expect_column_value_lengths_to_be_between",
+                 "kwargs": {"column": c, "min_value": 0, "max_value": p.max_value_length}}
+                for c in text_columns]
     if isinstance(p.expectations, str):
         path = suite_path(loaded, p.expectations)
+        where = f"{loaded.path}: field `products.expectations` = {p.expectations!r}: {path}"
         try:
-            data = json.loads(path.read_text("utf-8"))
+            if path.stat().st_size > MAX_SUITE_BYTES:
+                raise ValidationFailed(f"{where} is over {MAX_SUITE_BYTES:,} bytes; fix: a suite "
+                                       "holds expectations, not data")
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise ValidationFailed(f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                   f"at offset {exc.start}); fix: save it as UTF-8") from None
         except json.JSONDecodeError as exc:
             raise ValidationFailed(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from None
+        except RecursionError:
+            raise ValidationFailed(f"{where} nests too deeply to read; fix the suite") from None
+        if not isinstance(data, dict) or not isinstance(data.get("expectations", []), list):
+            raise ValidationFailed(f"{where}: expected an object with a list `expectations`, as "
+                                   "Great Expectations writes suites; fix the suite")
         configs += data.get("expectations", [])
     elif p.expectations:
         configs += [x.model_dump() for x in p.expectations]
     return configs
+
+
+def _shown(v):
+    """A value as reports show it: long text cut, with its length."""
+    v = _plain(v)
+    if isinstance(v, str) and len(v) > SHOWN_CHARS:
+        return f"{v[:SHOWN_CHARS]}... ({len(v):,} characters)"
+    return v
+
+
+def text_columns(df) -> list[str]:
+    """Columns holding text (pandas' string dtype, or objects that are all str)."""
+    import pandas as pd
+
+    out = []
+    for col in df.columns:
+        s = df[col]
+        if pd.api.types.is_string_dtype(s.dtype) and (
+                s.dtype != object or s.dropna().map(type).eq(str).all()):
+            out.append(str(col))
+    return out
 
 
 def _sample(res: dict, id_col: str, column: str | None) -> list[dict]:
@@ -162,12 +207,12 @@ def _sample(res: dict, id_col: str, column: str | None) -> list[dict]:
     if rows and isinstance(rows[0], dict):
         out = []
         for r in rows[:SAMPLE_ROWS]:
-            d = {id_col: _plain(r.get(id_col))}
+            d = {id_col: _shown(r.get(id_col))}
             if column and column != id_col:
-                d[column] = _plain(r.get(column))
+                d[column] = _shown(r.get(column))
             out.append(d)
         return out
-    return [{column or "value": _plain(v)} for v in (res.get("partial_unexpected_list") or [])[:SAMPLE_ROWS]]
+    return [{column or "value": _shown(v)} for v in (res.get("partial_unexpected_list") or [])[:SAMPLE_ROWS]]
 
 
 def _image_exists(value: str, loaded: LoadedSpec, settings: Settings, s3_client_factory) -> str | None:
@@ -184,7 +229,15 @@ def _image_exists(value: str, loaded: LoadedSpec, settings: Settings, s3_client_
             client = s3_client_factory() if s3_client_factory else None
             found = S3Storage(S3Storage.split(uri)[0], client=client).stat(uri)
             return None if found else "no such object"
-        return None if Path(unquote(urlparse(uri).path)).is_file() else "no such file"
+        path = Path(unquote(urlparse(uri).path))
+        if not path.is_file():
+            return "no such file"
+        # The header, with the limits generation decodes it with: an unreadable or oversized
+        # image fails here, by its row, not later inside a GPU batch.
+        imaging.probe(path)
+        return None
+    except imaging.BadImage as exc:
+        return f"{exc}; fix: point it at a PNG, JPEG or WebP file"
     except Exception as exc:  # an unreachable bucket is a failing row, not a crash
         return f"{type(exc).__name__}: {exc}"[:300]
 
@@ -209,7 +262,7 @@ def check_reference_images(loaded: LoadedSpec, df, s3_client_factory=None,
                 continue  # optional: make the column required to demand an image for every row
             why = _image_exists(str(value), loaded, settings, s3_client_factory)
             if why:
-                bad.append({p.id_column: _plain(pid), col: value, "problem": why})
+                bad.append({p.id_column: _shown(pid), col: _shown(value), "problem": why})
         result.update(success=not bad, unexpected_count=len(bad), sample=bad[:SAMPLE_ROWS])
     return out
 
@@ -241,7 +294,7 @@ def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None,
     results: list[dict] = []
     # 1. Expectations on a missing column would only raise; its expect_column_to_exist fails.
     suite = gx.ExpectationSuite(name=suite_name)
-    for cfg in expectation_configs(loaded):
+    for cfg in expectation_configs(loaded, text_columns(df)):
         col = cfg.get("kwargs", {}).get("column")
         if col is not None and col not in present and cfg["type"] != "expect_column_to_exist":
             results.append({"expectation": cfg["type"], "column": col, "kwargs": cfg.get("kwargs", {}),

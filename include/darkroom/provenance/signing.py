@@ -91,9 +91,9 @@ def _signed_original(ctx, asset, key) -> bytes | None:
         prov.parameters if prov else "", darkroom, xmp.title({**darkroom, "channel": "original"})), key)
 
 
-def sign_for_publication(ctx, work) -> tuple[dict[int, Signed], list[str]]:
+def sign_for_publication(ctx, work) -> tuple[dict[int, Signed], dict[str, str]]:
     """Seal each ``(asset, variant, derivative, approval review)`` of ``work``; return the
-    signed files by derivative id, and why each refused one was refused."""
+    signed files by derivative id, and for each asset with a refused derivative, why."""
     key = credentials.signing_key(ctx.settings)
     if key.test_ca:
         log.warning("Signing Content Credentials with the local test CA in %s: not for production; "
@@ -103,7 +103,7 @@ def sign_for_publication(ctx, work) -> tuple[dict[int, Signed], list[str]]:
     channels = ctx.spec.channels
     originals: dict[str, bytes] = {}
     signed: dict[int, Signed] = {}
-    refused: list[str] = []
+    refused: dict[str, str] = {}
     for asset, variant, deriv, review in work:
         if (done := _reusable(ctx, deriv, review, key)) is not None:
             signed[deriv.id] = done
@@ -131,7 +131,7 @@ def sign_for_publication(ctx, work) -> tuple[dict[int, Signed], list[str]]:
                 raise PublishRefused(f"its Content Credentials read back as {check.state}: "
                                      + "; ".join(check.errors or ["no detail"]))
         except (DarkroomError, xmp.XmpError) as exc:
-            refused.append(f"{deriv.uri} (asset {asset.id}, channel {deriv.channel}): {exc}")
+            refused.setdefault(asset.id, f"{deriv.uri} (asset {asset.id}, channel {deriv.channel}): {exc}")
             log.error("Not publishing %s: %s", deriv.uri, exc)
             continue
         ext = deriv.uri.rsplit(".", 1)[-1]

@@ -1,0 +1,45 @@
+"""What the hostile-input tests share: a small valid spec to spoil, and file counting."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+from darkroom import stages
+from darkroom.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CAMPAIGNS = ROOT / "include" / "campaigns"
+CSV_HEADER = "sku,name,category,colour,material,price_eur\n"
+
+
+def files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def spec_data(folder: Path, rows: str | None = None) -> dict:
+    """spring_tiles as a dict, its product data and terms copied into ``folder``."""
+    data = yaml.safe_load((CAMPAIGNS / "spring_tiles.yaml").read_text())
+    shutil.copy(ROOT / "include" / "brand" / "restricted_terms.txt", folder / "terms.txt")
+    data["brand"]["restricted_terms_file"] = "terms.txt"
+    data["products"]["expectations"] = None  # the example suite wants TER-NNN ids
+    data["generation"].update(seeds_per_variant=1, variants_per_task=4)
+    data["qa"] = {"checks": {"dimensions": {}, "duplicate": {"enabled": False}}}
+    (folder / "products.csv").write_text(rows or (CAMPAIGNS / "spring_tiles.products.csv").read_text())
+    data["products"]["source"] = "products.csv"
+    return data
+
+
+def write_spec(folder: Path, mutate=None, rows: str | None = None) -> Path:
+    data = spec_data(folder, rows)
+    if mutate:
+        mutate(data)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def run_context(spec: Path, run_id: str = "manual__1", conf=None) -> stages.RunContext:
+    return stages.RunContext.open(spec, "campaign__spring_tiles", run_id, conf or {},
+                                  settings=Settings.from_env())
