@@ -14,7 +14,8 @@ Evidence, strongest first:
 4. the invisible watermark's key and the perceptual hash, for a file whose metadata is gone:
    matched to the catalog when the chance that an unrelated image comes this close to some
    derivative is under :data:`MAX_FALSE_MATCH` (the catalog's size counted; bits treated
-   as independent, an estimate).
+   as independent, an estimate), and only when the next best asset is at least
+   :data:`MIN_MARGIN` times less likely.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from darkroom.provenance import credentials, watermark, xmp
 from darkroom.storage import sha256_bytes
 
 MAX_FALSE_MATCH = 1e-3  # accepted chance that the best match is a coincidence
+MIN_MARGIN = 1e3  # how much likelier the best asset must be than the runner-up
 WATERMARK_FOUND = 6  # bits wrong, at most, to call the asset's mark present (random: ~16)
 
 
@@ -156,18 +158,22 @@ def _by_similarity(s, ev: Evidence) -> Match | None:
              s.execute(select(Asset.id, Asset.phash).where(Asset.phash.is_not(None))).all()]
     if not rows:
         return None
-    best = None
+    best: dict[str, tuple] = {}  # asset id -> its closest file (chance, channel, d_k, d_p)
     for asset_id, channel, key, phash in rows:
         d_p = _phash_distance(ev.phash, phash)
         d_k = watermark.closest(ev.watermark_keys, key) if ev.watermark_keys and key else None
         # The better of the marks read: as if a random image had as many tries.
         p_k = min(1.0, len(ev.watermark_keys) * _chance(d_k, watermark.BITS)) if d_k is not None else 1.0
         p = _chance(d_p, 64) * p_k
-        if best is None or p < best[0]:
-            best = (p, asset_id, channel, d_k, d_p)
-    p, asset_id, channel, d_k, d_p = best
+        if asset_id not in best or p < best[asset_id][0]:
+            best[asset_id] = (p, channel, d_k, d_p)
+    ranked = sorted(best.items(), key=lambda item: item[1][0])
+    asset_id, (p, channel, d_k, d_p) = ranked[0]
+    runner_up = ranked[1][1][0] if len(ranked) > 1 else 1.0
     expected = p * len(rows)
-    if expected >= MAX_FALSE_MATCH:
+    # Pictures from one campaign look alike, so their hash bits are not independent: besides
+    # the estimate, the best asset must stand far apart from the next one, or no claim is made.
+    if expected >= MAX_FALSE_MATCH or runner_up < p * MIN_MARGIN:
         return None
     how = "watermark + phash" if d_k is not None else "phash"
     key = f"watermark key {d_k} of {watermark.BITS} bits off, " if d_k is not None else ""
