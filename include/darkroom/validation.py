@@ -72,6 +72,13 @@ class ValidationReport:
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 
+        # Product data is untrusted and GX's renderer writes unexpected values into the page
+        # unescaped: every value (and column name) is escaped and cut before GX sees it.
+        for r in self.gx_result.results:
+            r.result = _cut_values(r.result or {})
+            cfg = r.expectation_config
+            if cfg is not None and isinstance(cfg.kwargs.get("column"), str):
+                cfg.kwargs["column"] = html.escape(cfg.kwargs["column"])
         page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(self.gx_result))
         if own:
             section = (f'<div class="container"><h3>Checks outside Great Expectations</h3>'
@@ -187,6 +194,16 @@ def _shown(v):
     if isinstance(v, str) and len(v) > SHOWN_CHARS:
         return f"{v[:SHOWN_CHARS]}... ({len(v):,} characters)"
     return v
+
+
+def _cut_values(value):
+    """``value`` (a GX result's lists and dicts) with every text cut as :func:`_shown` does
+    and HTML-escaped, keys included."""
+    if isinstance(value, dict):
+        return {html.escape(k) if isinstance(k, str) else k: _cut_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cut_values(v) for v in value)
+    return html.escape(_shown(value)) if isinstance(value, str) else value
 
 
 def text_columns(df) -> list[str]:
