@@ -15,7 +15,8 @@ Evidence, strongest first:
    matched to the catalog when the chance that an unrelated image comes this close to some
    derivative is under :data:`MAX_FALSE_MATCH` (the catalog's size counted; bits treated
    as independent, an estimate), and only when the next best asset is at least
-   :data:`MIN_MARGIN` times less likely.
+   :data:`MIN_MARGIN` times less likely. This compares the file with every catalogued
+   derivative and original: linear in the catalog's size (one query; not an index lookup).
 """
 
 from __future__ import annotations
