@@ -15,7 +15,7 @@ help:
 	@echo "make up     - Airflow UI (with the review gallery) and MLflow UI on localhost"
 	@echo "make bench  - benchmarks, results in docs/bench/"
 	@echo "make bench-scale - 240 images through the local Celery stack, 1 and 2 default workers"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff, and the import contracts of .importlinter (lint-imports)"
 	@echo "make test-integration - the Celery stack from local processes (also part of make test)"
 	@echo "make stack-up / stack-down - the production-shaped stack in Docker (docker-compose.yaml)"
 
@@ -79,8 +79,10 @@ bench: $(STAMP) $(TINY)
 bench-scale: $(STAMP)
 	nice -n 10 $(BIN)/python -m tests.integration.bench_scale --images 240 --out docs/bench/scale.json
 
+# The import contracts also run inside `make test` (tests/test_architecture.py).
 lint: $(STAMP)
 	$(BIN)/ruff check include operators dags plugins tests
+	$(BIN)/lint-imports
 
 schema: $(STAMP)
 	$(BIN)/darkroom spec schema schemas/campaign.schema.json

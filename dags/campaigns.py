@@ -2,9 +2,11 @@
 ### Campaign DAGs
 
 One DAG per campaign spec in `include/campaigns/`: `campaign__<id>`. Each run validates the
-product data, expands prompt variants, generates images in mapped batches, checks and
-post-processes them, tracks the run in MLflow, waits for reviewers, and publishes what they
-approved.
+product data, expands prompt variants, then sends each batch of variants through a mapped
+task group (generate on the GPU queue, QA, any QA regeneration rounds and the model upscaler
+on the GPU queue, derivatives), tracks the run in MLflow, waits for reviewers, and publishes
+what they approved. Batches stream: batch k's QA and derivatives run while batch k+1 is
+generated, and reviewers can decide on the first batches while later ones are drawn.
 
 Parsing stays cheap: only YAML and pydantic run here. Models, the catalog, Great
 Expectations and MLflow are touched inside tasks.
@@ -12,34 +14,33 @@ Expectations and MLflow are touched inside tasks.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, Asset, Param, task
-from darkroom.backends.routing import pool_for
-from darkroom.config import gpu_routing
+from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
+from darkroom.config import Settings
 from darkroom.errors import SpecError
+from darkroom.generation.routing import pool_for
 from darkroom.spec import LoadedSpec, load_spec, spec_files
 from darkroom_operators.approval import CampaignApprovalSensor
 from darkroom_operators.generate import GenerateImagesOperator
 from darkroom_operators.hooks import DarkroomHook
 
-CAMPAIGNS_DIR = Path(
-    os.environ.get("DARKROOM_CAMPAIGNS_DIR", Path(__file__).resolve().parents[1] / "include" / "campaigns")
-)
+SETTINGS = Settings.from_env()
+CAMPAIGNS_DIR = SETTINGS.campaigns_dir
 
 DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
+    # A batch's later stages before the next batch's first: on the GPU pool a QA regeneration
+    # or the upscaler of batch k goes before batch k+1's generate, so what reviewers can see
+    # comes first.
+    "weight_rule": "upstream",
 }
 
 
 def _ctx(spec_path: str):
-    from airflow.sdk import get_current_context
-
     return DarkroomHook().run_context(spec_path, get_current_context())
 
 
@@ -74,60 +75,76 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         },
     ) as dag:
 
+        # Each task body is one call into a stage; the stages import the catalog and the
+        # engines, which the DAG processor never needs: imported when the task runs.
         @task
         def validate_inputs() -> dict:
-            from darkroom import stages
+            from darkroom.stages import validate
 
-            return stages.validate_inputs(_ctx(path))
+            return validate.run(_ctx(path))
 
         @task
         def expand_prompts() -> list[int]:
-            from darkroom import stages
+            from darkroom.stages import plan
 
-            return stages.expand_prompts(_ctx(path))
+            return plan.run(_ctx(path))
 
         @task
-        def qa(batch: int) -> int:
-            from darkroom import stages
+        def qa(batch: int, regeneration: int = 0) -> int:
+            from darkroom.stages import qa as stage
 
-            stages.run_qa(_ctx(path), batch)
+            stage.run(_ctx(path), batch, regeneration)
+            return batch
+
+        @task
+        def upscale(batch: int) -> int:
+            from darkroom.stages import upscale as stage
+
+            stage.run(_ctx(path), batch)
             return batch
 
         @task
         def postprocess(batch: int) -> int:
-            from darkroom import stages
+            from darkroom.stages import postprocess as stage
 
-            stages.postprocess(_ctx(path), batch)
+            stage.run(_ctx(path), batch)
             return batch
 
         @task
         def track(batches: list[int]) -> dict:
-            from darkroom import stages
+            from darkroom.stages import track as stage
 
-            return stages.track(_ctx(path))
+            return stage.run(_ctx(path))
 
         @task(outlets=[published_asset(spec.id)])
         def publish(approvals: dict) -> dict:
-            from darkroom import stages, tracking
+            from darkroom.stages import publish as stage
 
-            ctx = _ctx(path)
-            summary = stages.publish(ctx)
-            mlflow_run = tracking.find_run(ctx)
-            if mlflow_run:
-                tracking.log_publication(ctx, mlflow_run, summary, approvals)
-            return summary
+            return stage.run(_ctx(path), approvals)
+
+        # The GPU stages (generate, each QA regeneration round, the model upscaler) go to the
+        # GPU queue and pool (from the spec or the deployment; the pool may come from a routing
+        # rule, e.g. {when: {priority: high}, pool: gpu_high}); QA, derivatives, tracking and
+        # publishing stay on the default queue.
+        routing = SETTINGS.gpu_routing(spec.generation.queue, pool_for(spec))
+
+        # One mapped group instance per batch, its tasks mapped with it (same task ids: the
+        # group adds no prefix): each batch moves on as soon as its own previous stage ends.
+        @task_group(group_id="batch", prefix_group_id=False)
+        def each_batch(batch: int):
+            generated = GenerateImagesOperator(task_id="generate", spec_path=path, batch=batch, **routing)
+            checked = qa(generated.output)
+            for n in range(1, spec.qa.max_regenerations + 1):
+                redrawn = GenerateImagesOperator(task_id=f"regenerate_{n}", spec_path=path, batch=checked,
+                                                 **routing)
+                checked = qa.override(task_id=f"qa_{n}")(redrawn.output, regeneration=n)
+            if spec.uses_model_upscaler:
+                checked = upscale.override(**routing)(checked)
+            return postprocess(checked)
 
         batches = expand_prompts()
         validate_inputs() >> batches
-        # Only the GPU stage is routed (queue/pool from the spec or the deployment); QA,
-        # post-processing and publishing stay on the default queue.
-        # The pool may come from a routing rule (e.g. {when: {priority: high}, pool: gpu_high}).
-        routing = gpu_routing(spec.generation.queue, pool_for(spec))
-        generated = GenerateImagesOperator.partial(task_id="generate", spec_path=path, **routing).expand(
-            batch=batches
-        )
-        processed = postprocess.expand(batch=qa.expand(batch=generated.output))
-        tracked = track(processed)
+        tracked = track(each_batch.expand(batch=batches))
         approvals = CampaignApprovalSensor(task_id="await_approval", spec_path=path)
         tracked >> approvals
         publish(approvals.output)

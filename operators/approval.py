@@ -2,65 +2,72 @@
 
 The sensor pokes the catalog once; if decisions are missing it defers to
 :class:`CampaignApprovalTrigger`, which polls the catalog from the triggerer and fires when
-every reviewable asset of the run has a decision, or when the spec's deadline passes.
+every reviewable asset of the run has a decision. The spec's ``approval.timeout`` is the
+deferral's own timeout (``defer(timeout=...)``): when it passes, Airflow's scheduler hands the
+task back, and the sensor applies ``approval.on_timeout`` (reject the undecided and publish
+what was approved, or fail).
+
+The trigger carries ids, not secrets, as Airflow's S3 triggers do: the catalog's connection
+id, the DAG run's ids, the poll interval. The triggerer builds the catalog's URL (with its
+password) from the connection itself; nothing secret lands in Airflow's trigger table.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, BaseSensorOperator, Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, TaskDeferralTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from darkroom.spec import Approval
 from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
 
 
 class CampaignApprovalTrigger(BaseTrigger):
-    """Fires when no asset of the run waits for a decision, or at the deadline.
+    """Fires when no asset of the run waits for a decision.
 
-    :param catalog_url: the catalog's SQLAlchemy URL.
+    :param catalog_conn_id: the Airflow connection of the catalog (its URL is built here, in
+        the triggerer; a ``DARKROOM_CATALOG_URL`` in the triggerer's environment wins).
     :param dag_id: the campaign DAG's id.
     :param run_id: the DAG run's id.
     :param poke_interval: seconds between catalog polls.
-    :param deadline: epoch seconds after which the trigger reports a timeout.
     """
 
-    def __init__(self, catalog_url: str, dag_id: str, run_id: str, poke_interval: float,
-                 deadline: float):
+    def __init__(self, catalog_conn_id: str, dag_id: str, run_id: str, poke_interval: float):
         super().__init__()
-        self.catalog_url = catalog_url
+        self.catalog_conn_id = catalog_conn_id
         self.dag_id = dag_id
         self.run_id = run_id
         self.poke_interval = poke_interval
-        self.deadline = deadline
+        self._catalog = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "darkroom_operators.approval.CampaignApprovalTrigger",
-            {"catalog_url": self.catalog_url, "dag_id": self.dag_id, "run_id": self.run_id,
-             "poke_interval": self.poke_interval, "deadline": self.deadline},
+            {"catalog_conn_id": self.catalog_conn_id, "dag_id": self.dag_id, "run_id": self.run_id,
+             "poke_interval": self.poke_interval},
         )
 
     def _state(self):
-        from darkroom.catalog import Catalog
-        from darkroom.stages import approval_state
+        from darkroom.catalog import Catalog, runs  # SQLAlchemy: not when the triggerer loads us
 
-        return approval_state(Catalog(self.catalog_url), self.dag_id, self.run_id)
+        if self._catalog is None:  # the connection, and its password, read once, here
+            self._catalog = Catalog(DarkroomHook(self.catalog_conn_id).settings().catalog_url)
+        return runs.approval_state(self._catalog, self.dag_id, self.run_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             while True:
-                # The catalog client is synchronous: keep it off the triggerer's event loop.
+                # The catalog client (and the connection lookup) is synchronous: keep it off
+                # the triggerer's event loop.
                 state = await asyncio.to_thread(self._state)
                 if state.done:
                     yield TriggerEvent({"status": "done", "approved": state.approved,
                                         "rejected": state.rejected})
-                    return
-                if time.time() >= self.deadline:
-                    yield TriggerEvent({"status": "timeout", "waiting": state.waiting,
-                                        "approved": state.approved, "rejected": state.rejected})
                     return
                 self.log.info("%d assets of %s/%s wait for a decision", state.waiting,
                               self.dag_id, self.run_id)
@@ -75,8 +82,6 @@ class ReviewGalleryLink(BaseOperatorLink):
     name = "Review gallery"
 
     def get_link(self, operator, *, ti_key) -> str:
-        from urllib.parse import quote
-
         return f"/darkroom/review/{quote(ti_key.dag_id)}/{quote(ti_key.run_id, safe='')}"
 
 
@@ -101,53 +106,64 @@ class CampaignApprovalSensor(BaseSensorOperator):
         return DarkroomHook(self.catalog_conn_id).run_context(self.spec_path, context)
 
     def poke(self, context: Context) -> bool:
-        from darkroom.stages import approval_state
+        from darkroom.catalog import runs  # the catalog: not at DAG parse time
 
         ctx = self._ctx(context)
-        state = approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
+        state = runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
         self.log.info("Approval: %d waiting, %d approved, %d rejected", state.waiting,
                       state.approved, state.rejected)
         return state.done
 
     def execute(self, context: Context) -> dict:
-        from darkroom.spec import Approval
-        from darkroom.stages import approval_state, settle_undecided
+        from darkroom.catalog import runs  # the catalog: not at DAG parse time
+        from darkroom.stages import approve
 
         ctx = self._ctx(context)
         policy = ctx.spec.approval
         if not policy.required:
-            n = settle_undecided(ctx, "approve", "darkroom:policy",
-                                 "approval.required is false in the campaign spec")
+            n = approve.when_not_required(ctx)
             self.log.info("Approval not required by the spec: recorded %d approvals", n)
-        state = approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
+        state = runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
         if state.done:
             return {"approved": state.approved, "rejected": state.rejected}
-        self.log.info("%d assets wait for review; deferring (no worker slot is held)", state.waiting)
+        self.log.info("%d assets wait for review; deferring (no worker slot is held) for at most %s",
+                      state.waiting, policy.timeout)
         self.defer(
             trigger=CampaignApprovalTrigger(
-                catalog_url=ctx.settings.catalog_url, dag_id=ctx.dag_id, run_id=ctx.run_id,
+                catalog_conn_id=self.catalog_conn_id, dag_id=ctx.dag_id, run_id=ctx.run_id,
                 poke_interval=float(Approval.seconds(policy.poke_interval)),
-                deadline=time.time() + Approval.seconds(policy.timeout),
             ),
             method_name="execute_complete",
+            timeout=timedelta(seconds=Approval.seconds(policy.timeout)),
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        from darkroom.stages import settle_undecided
-
         status = event.get("status")
         if status == "error":
             raise RuntimeError(f"approval trigger failed: {event.get('message')}")
-        if status == "timeout":
-            ctx = self._ctx(context)
-            if ctx.spec.approval.on_timeout == "reject_undecided":
-                n = settle_undecided(ctx, "reject", "darkroom:timeout",
-                                     f"no decision within {ctx.spec.approval.timeout}")
-                self.log.warning("Approval deadline passed: rejected %d undecided assets", n)
-            else:
-                raise TimeoutError(
-                    f"{event.get('waiting')} assets had no decision within "
-                    f"{ctx.spec.approval.timeout}; set approval.on_timeout: reject_undecided "
-                    "to publish what was approved instead of failing")
         self.log.info("Approval complete: %s", event)
         return {"approved": event.get("approved", 0), "rejected": event.get("rejected", 0)}
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context):
+        """Airflow resumes the task here; past the deferral's timeout it raises (as a sensor
+        timeout), and the spec's ``approval.on_timeout`` decides instead of failing outright."""
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSensorTimeout as exc:
+            if not isinstance(exc.__cause__, TaskDeferralTimeout):
+                raise
+            return self.at_deadline(context)
+
+    def at_deadline(self, context: Context) -> dict:
+        """``reject_undecided``: reject what is left and let the run publish what was
+        approved; ``fail``: fail with how many assets had no decision and the fix."""
+        from darkroom.stages import approve  # the catalog: not at DAG parse time
+
+        ctx = self._ctx(context)
+        try:
+            counts = approve.at_deadline(ctx)
+        except TimeoutError as exc:  # on_timeout: fail. A retry would only wait again.
+            raise AirflowFailException(str(exc)) from exc
+        self.log.warning("Approval deadline (%s) passed: rejected the undecided; %s",
+                         ctx.spec.approval.timeout, counts)
+        return counts

@@ -1,4 +1,5 @@
-"""GenerateImagesOperator: the GPU stage. One mapped instance generates one batch."""
+"""GenerateImagesOperator: the GPU stage. One mapped instance generates one batch: its first
+drawings (task ``generate``) or the regenerations QA planned (``regenerate_N``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ class GenerateImagesOperator(BaseOperator):
 
     The pipeline is loaded with ``from_pretrained`` once per worker process and reused by
     every batch that process runs. Each image is written (PNG with provenance) and recorded
-    in the catalog as it finishes, so a retry regenerates only what is missing.
+    in the catalog as it finishes, so a retry regenerates only what is missing; what was
+    planned and has no image yet is drawn, so the same operator renders QA's regenerations.
+    The task records the device, dtype, seconds and peak memory it ran with.
 
     :param spec_path: path of the campaign spec file. (templated)
     :param batch: the batch number to generate, from ``expand_prompts``. (templated)
@@ -32,9 +35,9 @@ class GenerateImagesOperator(BaseOperator):
         self.catalog_conn_id = catalog_conn_id
 
     def execute(self, context: Context) -> int:
-        from darkroom import stages
+        from darkroom.stages import generate  # the catalog and the engines: not at DAG parse time
 
         ctx = DarkroomHook(self.catalog_conn_id).run_context(self.spec_path, context)
-        counts = stages.generate(ctx, int(self.batch))
+        counts = generate.run(ctx, int(self.batch))
         self.log.info("Batch %s done: %s", self.batch, counts)
         return int(self.batch)

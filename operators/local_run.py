@@ -1,8 +1,9 @@
 """``darkroom run``: one DAG run in this process, through Airflow's own ``dag.test``.
 
-The CLI sets the embedded Airflow environment before importing this module. A progress
-display reads the catalog while the DAG runs; with ``approve_all`` a reviewer thread
-records the local user's approval for every QA-passed asset once the run reaches review.
+:func:`run_campaign` sets the embedded Airflow environment (the DAG file builds the spec's
+folder) before Airflow is imported. A progress display reads the catalog while the DAG runs;
+with ``approve_all`` a reviewer thread records the local user's approval for every QA-passed
+asset once the run reaches review.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from darkroom import review
-from darkroom.catalog import Catalog
-from darkroom.config import PROJECT_ROOT, Settings
-from darkroom.models import REVIEWABLE, Asset, AssetStatus, Derivative, Run
+from darkroom.catalog import reviews, runs
+from darkroom.catalog.db import Catalog
+from darkroom.catalog.tables import REVIEWABLE
+from darkroom.config import PROJECT_ROOT, Settings, apply_airflow_env, local_user
 from darkroom.spec import load_spec
-from darkroom.stages import local_user
-from sqlalchemy import func, select
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 @dataclass
@@ -34,8 +34,8 @@ class LocalRunResult:
     log_file: Path
     not_run: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    counts: dict = field(default_factory=dict)
-    run: dict = field(default_factory=dict)
+    counts: runs.RunCounts = field(default_factory=runs.RunCounts)
+    run: runs.RunRef | None = None
 
 
 def domain_errors(log_file: Path) -> list[str]:
@@ -68,7 +68,7 @@ def load_dag(dag_id: str):
     """The campaign's DAG, parsed by Airflow's DagBag from the factory file, set to fail
     fast: in-process runs report a failed task now instead of retrying it minutes later."""
     migrate_airflow_db()
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag  # Airflow reads its config when imported
 
     dagbag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "campaigns.py"))
     dag = dagbag.get_dag(dag_id)
@@ -78,28 +78,6 @@ def load_dag(dag_id: str):
     for t in dag.tasks:
         t.retries = 0
     return dag
-
-
-def _find_run(catalog: Catalog, dag_id: str, since: datetime) -> Run | None:
-    with catalog.session() as s:
-        return s.scalars(select(Run).where(Run.dag_id == dag_id, Run.started_at >= since)
-                         .order_by(Run.id.desc())).first()
-
-
-def run_counts(catalog: Catalog, run_pk: int) -> dict:
-    with catalog.session() as s:
-        statuses = dict(s.execute(select(Asset.status, func.count()).where(Asset.run_pk == run_pk)
-                                  .group_by(Asset.status)).all())
-        derivatives = s.scalar(select(func.count()).select_from(Derivative).join(Asset)
-                               .where(Asset.run_pk == run_pk))
-    total = sum(statuses.values())
-    checked = total - statuses.get(AssetStatus.generated, 0) - statuses.get(AssetStatus.failed, 0)
-    decided = sum(statuses.get(s, 0) for s in (AssetStatus.approved, AssetStatus.rejected,
-                                               AssetStatus.published))
-    return {"generated": total - statuses.get(AssetStatus.failed, 0), "failed": statuses.get("failed", 0),
-            "checked": checked, "qa_failed": statuses.get("qa_failed", 0),
-            "derivatives": derivatives, "decided": decided,
-            "published": statuses.get(AssetStatus.published, 0), "statuses": statuses}
 
 
 class _Reviewer(threading.Thread):
@@ -113,12 +91,12 @@ class _Reviewer(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            run = _find_run(self.catalog, self.dag_id, self.since)
+            run = runs.latest_run(self.catalog, self.dag_id, self.since)
             if run is None or run.mlflow_run_id is None:  # not yet at await_approval
                 continue
-            for asset in review.waiting(self.catalog, run_id=run.run_id):
+            for asset in reviews.waiting(self.catalog, run_id=run.run_id):
                 if asset.status in REVIEWABLE:
-                    review.decide(self.catalog, asset.id, "approve", self.user,
+                    reviews.decide(self.catalog, asset.id, "approve", self.user,
                                   "darkroom run --approve-all")
 
 
@@ -148,8 +126,10 @@ def _output_to(log_file: Path, enabled: bool):
 
 def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Settings,
                  console, quiet_logs: bool = True) -> LocalRunResult:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """Run the spec's DAG once in this process; return its outcome and the catalog's counts."""
+    # The DAG file builds the campaigns of the spec's folder, so a spec outside
+    # include/campaigns runs too; Airflow reads all of it from the environment.
+    apply_airflow_env(settings, campaigns_dir=spec_path.parent)
     loaded = load_spec(spec_path)
     dag_id = loaded.spec.dag_id
     since = datetime.now(UTC)
@@ -171,24 +151,24 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
 
     def watch() -> None:
         while not done.wait(0.5):
-            run = _find_run(catalog, dag_id, since)
+            run = runs.latest_run(catalog, dag_id, since)
             if run is None:
                 continue
-            planned = (run.summary or {}).get("planned")
-            c = run_counts(catalog, run.id)
+            planned = run.summary.get("planned")
+            c = runs.counts(catalog, run.pk)
             progress.update(bars["plan"], total=1, completed=1 if planned is not None else 0,
                             note=f"{planned} variants" if planned is not None else "")
             if planned is not None:
-                progress.update(bars["generate"], total=planned, completed=c["generated"] + c["failed"],
-                                note=f"{c['failed']} failed" if c["failed"] else "")
-                progress.update(bars["qa"], total=c["generated"] or None, completed=c["checked"],
-                                note=f"{c['qa_failed']} failed" if c["qa_failed"] else "")
-                progress.update(bars["derivatives"], total=None, completed=c["derivatives"], note="")
-                passed = c["checked"] - c["qa_failed"]
-                waiting = run.mlflow_run_id and c["decided"] < passed
-                progress.update(bars["review"], total=passed or None, completed=c["decided"],
+                progress.update(bars["generate"], total=planned, completed=c.generated + c.failed,
+                                note=f"{c.failed} failed" if c.failed else "")
+                progress.update(bars["qa"], total=c.generated or None, completed=c.checked,
+                                note=f"{c.qa_failed} failed" if c.qa_failed else "")
+                progress.update(bars["derivatives"], total=None, completed=c.derivatives, note="")
+                passed = c.checked - c.qa_failed
+                waiting = run.mlflow_run_id and c.decided < passed
+                progress.update(bars["review"], total=passed or None, completed=c.decided,
                                 note="waiting for reviewers" if waiting else "")
-                progress.update(bars["publish"], total=passed or None, completed=c["published"])
+                progress.update(bars["publish"], total=passed or None, completed=c.published)
 
     watcher = threading.Thread(target=watch, daemon=True)
     with progress:
@@ -201,7 +181,7 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
         reviewer.stop.set()
         reviewer.join()
 
-    from airflow.utils.state import TaskInstanceState
+    from airflow.utils.state import TaskInstanceState  # after apply_airflow_env, as above
 
     def label(ti) -> str:
         return ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
@@ -213,11 +193,7 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
         not_run=sorted(label(ti) for ti in tis if ti.state == TaskInstanceState.UPSTREAM_FAILED),
         errors=domain_errors(log_file) if quiet_logs else [],
     )
-    with catalog.session() as s:
-        run = s.scalar(select(Run).where(Run.dag_id == dag_id, Run.run_id == dr.run_id))
-        if run is not None:
-            result.counts = run_counts(catalog, run.id)
-            result.run = {"summary": run.summary, "contact_sheet": run.contact_sheet_uri,
-                          "manifest": run.manifest_uri, "model_version": run.model_version,
-                          "mlflow_run_id": run.mlflow_run_id}
+    result.run = runs.find_run(catalog, dag_id, dr.run_id)
+    if result.run is not None:
+        result.counts = runs.counts(catalog, result.run.pk)
     return result

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import (
+from tests.support.servers import (
     MOTO_ENV,
     ServerUnavailable,
     create_database,
@@ -97,7 +97,7 @@ def postgres_url() -> Iterator[str]:
 def _forget_engine(url: str) -> None:
     """Dispose the engine darkroom.catalog cached for ``url``: each test has its own
     database, and pooled connections to dropped databases must not pile up."""
-    from darkroom import catalog
+    from darkroom.catalog import db as catalog
 
     engine = catalog._engines.pop(url, None)
     if engine is not None:
@@ -171,9 +171,17 @@ def bucket(s3_client) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny pipeline, built once per session (the same code `make demo` runs)."""
-    from darkroom.tiny_model import build_tiny_pipeline
+    from darkroom.devtools.tiny_model import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_upscaler(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny x4 upscaler pipeline, built once per session."""
+    from darkroom.devtools.tiny_upscaler import build_tiny_upscaler
+
+    return build_tiny_upscaler(tmp_path_factory.mktemp("upscalers") / "tiny-x4")
 
 
 @pytest.fixture
@@ -190,7 +198,7 @@ def use_tiny_model(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def mlflow_server() -> Iterator[str]:
     """Tracking URI of a throwaway ``mlflow server`` on 127.0.0.1 (SQLite backend store and
     artifact root in a temp dir), shared by the session."""
-    from tests.mlflow_server import mlflow_server as start
+    from tests.support.mlflow_server import mlflow_server as start
 
     with contextlib.ExitStack() as stack:
         yield _start(stack, start)

@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from darkroom.config import PROJECT_ROOT, Settings
+from darkroom.config import BRAND_DIR, PROJECT_ROOT, Settings
 
-BRAND_DIR = PROJECT_ROOT / "include" / "brand"
 INCLUDE_DIR = PROJECT_ROOT / "include"
 
 

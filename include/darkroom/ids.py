@@ -1,4 +1,8 @@
-"""Names that become storage keys, file names and folder names: one rule for all of them.
+"""Stable ids, and names that become storage keys, file names and folder names: one rule for
+all of them.
+
+Variant and asset ids are hashes of what decides their pixels (:func:`short_hash`), so the
+same inputs always give the same names.
 
 Product ids come from product data, run ids from whoever triggers a run, channel names from
 the spec: any of them may hold ``/``, ``..``, a NUL or a 2 MB string. Every such name goes
@@ -13,6 +17,7 @@ hash of the original (two names never share a key).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 from darkroom.errors import StorageError
@@ -52,3 +57,20 @@ def check_key(key: str) -> str:
         raise StorageError(f"refused to write key {key[:200]!r}: it {problem}, so it could leave "
                            "the storage root; names are made safe with darkroom.ids.key_part")
     return key
+
+
+def short_hash(*parts: object, length: int = 16) -> str:
+    """Hex sha256 of the parts' canonical JSON, cut to ``length`` characters: the stable ids
+    of variants and assets."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def asset_id(variant_id: str, model_identity: str) -> str:
+    """One asset per variant and model identity (``ModelRef.identity``)."""
+    return short_hash(variant_id, model_identity, length=24)
+
+
+def regenerated_variant_id(parent_id: str, attempt: int) -> str:
+    """The variant QA plans when ``parent_id`` failed: attempt ``attempt`` of it."""
+    return short_hash(parent_id, "regenerate", attempt, length=len(parent_id))

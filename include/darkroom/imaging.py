@@ -1,19 +1,22 @@
-"""Pixels in and out: provenance chunks, safe decoding, channel derivatives, contact sheets."""
+"""Pixels in and out: provenance chunks, safe decoding and encoding, the brand font, contact sheets."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
-import sys
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import piexif.helper
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps, PngImagePlugin
 
 from darkroom import __version__
+from darkroom.config import BRAND_DIR
+from darkroom.provenance.xmp import packet as xmp_packet
+from darkroom.provenance.xmp import prompt_from_parameters
 
 # Pillow's limits, set explicitly rather than inherited. A decompression bomb is refused
 # rather than decoded: Pillow warns above MAX_IMAGE_PIXELS and raises above twice it; decode()
@@ -27,12 +30,13 @@ PngImagePlugin.MAX_TEXT_MEMORY = 8 * 1024 * 1024
 # Bigger encoded inputs than this are refused before Pillow sees them.
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
-BRAND_DIR = Path(__file__).resolve().parents[1] / "brand"
 FONT = BRAND_DIR / "fonts" / "DejaVuSans.ttf"
 
 EXIF_IFD = 0x8769
 EXIF_USER_COMMENT = 0x9286
 IMAGE_DESCRIPTION = 0x010E
+
+
 def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, guidance: float,
              seed: int, width: int, height: int, model_hash: str, model: str,
              extra: dict | None = None) -> str:
@@ -102,8 +106,6 @@ def _fit_darkroom(record: dict, max_bytes: int) -> dict:
 
 def _tiff_ifd(entries: list[tuple[int, int, int, bytes]], at: int) -> bytes:
     """One big-endian TIFF IFD at offset ``at``, its values after it: (tag, type, count, data)."""
-    import struct
-
     values_at = at + 2 + 12 * len(entries) + 4
     head, values = struct.pack(">H", len(entries)), b""
     for tag, typ, count, data in sorted(entries):
@@ -119,8 +121,6 @@ def exif_block(description: str, software: str, user_comment: bytes) -> bytes:
     """An ``Exif\\0\\0`` block: IFD0 (ImageDescription, Software, the Exif IFD pointer) and
     the Exif IFD (UserComment, type UNDEFINED). Written here because Pillow types UserComment
     as BYTE and piexif.dump leaves out the Exif IFD's next-IFD field (exiftool flags both)."""
-    import struct
-
     desc = description.encode("ascii", "replace") + b"\0"
     soft = software.encode("ascii", "replace") + b"\0"
 
@@ -158,8 +158,6 @@ class Provenance:
         """EXIF as AUTOMATIC1111's readers and sd-prompt-reader need it: the parameters in
         UserComment, type UNDEFINED, ``UNICODE\\0`` then UTF-16BE (piexif's UserComment.dump);
         the darkroom JSON in ImageDescription."""
-        import piexif.helper
-
         # UserComment: 8 bytes of charset prefix, then UTF-16.
         params, record = self._fitted(EXIF_PARAMETERS_BYTES - 8, "utf-16-be", EXIF_DARKROOM_BYTES)
         return exif_block(json.dumps(record, sort_keys=True), f"Darkroom {__version__}",
@@ -167,11 +165,9 @@ class Provenance:
 
     def xmp(self) -> bytes:
         """The XMP packet (darkroom.provenance.xmp): Dublin Core, IPTC DigitalSourceType, darkroom:."""
-        from darkroom.provenance import xmp
-
         params, record = self._fitted(XMP_DESCRIPTION_BYTES, "utf-8", EXIF_DARKROOM_BYTES)
-        return xmp.packet(record, description=xmp.prompt_from_parameters(params),
-                          parameters=params, creator_tool=f"Darkroom {__version__}")
+        return xmp_packet(record, description=prompt_from_parameters(params), parameters=params,
+                          creator_tool=f"Darkroom {__version__}")
 
 
 def read_provenance(data: bytes) -> Provenance | None:
@@ -277,14 +273,6 @@ def probe(path: Path) -> tuple[str, tuple[int, int]]:
         raise BadImage(f"not a readable image: {_pillow_reason(exc)}") from None
 
 
-def fit(img: Image.Image, width: int, height: int, mode: str = "crop",
-        background: str = "#ffffff") -> Image.Image:
-    """Centre crop (or pad) to the size; recipes with more options are in darkroom.postprocess."""
-    from darkroom.postprocess import fit as _fit
-
-    return _fit(img, width, height, mode=mode, background=background)
-
-
 def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """The brand font (DejaVu Sans, shipped in include/brand/fonts) at ``size`` px."""
     try:
@@ -341,92 +329,3 @@ def _clip_text(draw: ImageDraw.ImageDraw, text: str, fnt, width: int) -> str:
     while text and draw.textlength(text, font=fnt) > width:
         text = text[:-1]
     return text
-
-
-# -- parallel, streaming ----------------------------------------------------------------
-
-def default_workers() -> int:
-    """CPU cores this process may use (cgroup/affinity aware where the OS says)."""
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
-
-
-def pool_size(items: int, pixels_per_item: int, workers: int) -> int:
-    """Workers worth starting: spawning a pool costs ~1 s of imports per process, so small
-    work (the tiny model's 64px images, short batches) runs in this process."""
-    if items < 2 * workers or items * pixels_per_item < 64 * 512 * 512:  # ~1-2 s of work
-        return 1
-    return workers
-
-
-@contextlib.contextmanager
-def _main_not_rerun():
-    """Spawned children re-run the parent's ``__main__`` before working. In an Airflow worker
-    that is the ``airflow`` CLI, which cannot start inside a task process (its database is
-    blocked there): the children die. Our jobs are importable functions, so the children need
-    no ``__main__``: hide it from multiprocessing while the pool starts its workers."""
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__.pop(k) for k in ("__file__",) if main is not None and k in main.__dict__}
-    spec = getattr(main, "__spec__", None)
-    if main is not None:
-        main.__spec__ = None
-    try:
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.update(saved)
-            main.__spec__ = spec
-
-
-def process_map(fn, jobs, *, workers: int, inflight: int | None = None):
-    """Run ``fn(*args, **kwargs)`` for each ``(tag, args, kwargs)`` of ``jobs`` over
-    ``workers`` processes; yield ``(tag, result_or_exception)`` in the order of ``jobs``.
-
-    Streaming: ``jobs`` is consumed lazily and at most ``inflight`` (default 2 x workers)
-    jobs are submitted or waiting to be yielded, so memory stays flat however long the batch.
-    An exception in one job is yielded as its result, never raised: one bad image must not
-    stop the batch. ``workers <= 1`` runs in this process (no start-up cost for small work).
-    Worker processes are spawned, not forked: a forked copy of an Airflow task process (with
-    its threads and open connections) is not safe.
-    """
-    import multiprocessing
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    # A daemonic process (a Celery prefork child) may not have children: work serially there.
-    if workers <= 1 or multiprocessing.current_process().daemon:
-        for tag, args, kwargs in jobs:
-            try:
-                yield tag, fn(*args, **kwargs)
-            except Exception as exc:
-                yield tag, exc
-        return
-    inflight = inflight or 2 * workers
-    pending: deque = deque()
-    it = iter(jobs)
-    with _main_not_rerun(), ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        while True:
-            while len(pending) < inflight:
-                job = next(it, None)
-                if job is None:
-                    break
-                tag, args, kwargs = job
-                try:
-                    pending.append((tag, pool.submit(fn, *args, **kwargs)))
-                except Exception as exc:  # the pool broke (a worker died): this job's result
-                    pending.append((tag, exc))
-            if not pending:
-                return
-            tag, fut = pending.popleft()
-            if isinstance(fut, BaseException):
-                yield tag, fut
-                continue
-            try:
-                yield tag, fut.result()
-            except Exception as exc:  # includes a worker killed by the OS (BrokenProcessPool)
-                yield tag, exc

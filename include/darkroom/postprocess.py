@@ -4,11 +4,11 @@
 
 1. sRGB: an embedded ICC profile is converted to sRGB (output is tagged sRGB);
 2. upscale (optional): to the channel's ``upscale_to`` long side. With ``generation.upscaler``
-   set, a diffusers model (darkroom.upscaler) has already upscaled the original in the
-   postprocess task's own process (:func:`model_upscaled`) and the workers only receive its
-   output; otherwise through an upscaler registered in :data:`UPSCALERS` (Lanczos by
-   default). A recipe asking for one that is not registered fails with a clear error. Either
-   way the derivative's provenance records ``upscaled: {by, to}``;
+   set, a diffusers model (darkroom.upscaler) has already upscaled the original on the GPU
+   queue (the upscale stage, :func:`upscale_original`) and the render receives its output;
+   otherwise through an upscaler registered in :data:`UPSCALERS` (Lanczos by default). A
+   recipe asking for one that is not registered fails with a clear error. Either way the
+   derivative's provenance records ``upscaled: {by, to}``;
 3. crop (centre, or the most detailed window: ``crop: entropy``) or pad to the channel's
    aspect ratio, then a Lanczos resize to the exact size;
 4. logo / watermark overlay (position, scale, opacity);
@@ -32,12 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagehash
 import numpy as np
-from PIL import Image, ImageCms, ImageDraw, ImageOps
+from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps
 
 from darkroom import imaging
-
-BRAND_DIR = imaging.BRAND_DIR
+from darkroom.config import BRAND_DIR
+from darkroom.errors import ModelError
+from darkroom.provenance import watermark
+from darkroom.upscaler import free_device_memory, resolve_upscaler
 
 # The inference layer registers its upscaler here: name -> callable(image, long_side) -> image.
 # postprocess uses the entry named "default" when a channel sets `upscale_to`.
@@ -66,9 +69,10 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class Upscaled:
-    """An original upscaled by the model upscaler in the postprocess task's process, sent to
-    the render worker with the original (:func:`render_all`'s ``upscaled``). Its provenance
-    is the original's, which travels alongside, so the PNG here carries none."""
+    """An original upscaled by the model upscaler on the GPU queue (the upscale stage stores
+    it and records it on the asset; postprocess hands it to the render worker with the
+    original, :func:`render_all`'s ``upscaled``). Its provenance is the original's, which
+    travels alongside, so the PNG here carries none."""
 
     by: str  # the upscaler's provenance name: "diffusers:<model>@<version>"
     to: int  # its long side: the largest upscale_to of the asset's channels
@@ -77,7 +81,9 @@ class Upscaled:
 
 
 @dataclass(frozen=True)
-class Derivative:
+class Rendered:
+    """One channel's derivative as :func:`render` made it: the encoded file and its shape."""
+
     channel: str
     data: bytes
     width: int
@@ -195,8 +201,6 @@ def _logo(path: str) -> Image.Image:
 
 @functools.lru_cache(maxsize=64)
 def _font(path: str, size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.truetype(path, size)
     except (OSError, ValueError) as exc:
@@ -253,7 +257,7 @@ def overlay_text(img: Image.Image, text_cfg, locale: str | None = None) -> Image
 
 def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Provenance, *,
            locale: str | None = None, upscaler: str = "default",
-           upscaled: Image.Image | None = None, model_upscaler: str | None = None) -> Derivative:
+           upscaled: Image.Image | None = None, model_upscaler: str | None = None) -> Rendered:
     """Apply one channel's recipe to a decoded original; return the encoded derivative.
 
     ``upscaled`` (made by the model upscaler named ``model_upscaler``) is the original already
@@ -302,17 +306,13 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
         **({"watermark": mark} if mark else {})})
     data = imaging.encode(out, channel.format, prov, channel.quality,
                           icc_profile=SRGB_ICC if channel.srgb else None)
-    import imagehash
-
-    return Derivative(channel_name, data, out.width, out.height, channel.format, channel.extension,
-                      phash=str(imagehash.phash(out)), watermark=mark and mark["method"],
-                      watermark_key=mark and mark["key"])
+    return Rendered(channel_name, data, out.width, out.height, channel.format, channel.extension,
+                    phash=str(imagehash.phash(out)), watermark=mark and mark["method"],
+                    watermark_key=mark and mark["key"])
 
 
 def _watermark(img: Image.Image, channel, asset_id: str | None):
     """(marked image, {method, key}) when the channel carries the mark and the image can."""
-    from darkroom.provenance import watermark
-
     if not channel.watermark or not asset_id or not watermark.can_carry(img.size):
         return None
     key = watermark.key_for(asset_id)
@@ -320,7 +320,7 @@ def _watermark(img: Image.Image, channel, asset_id: str | None):
 
 
 def render_all(original: bytes, channels: dict, *, locale: str | None = None,
-               upscaled: Upscaled | None = None) -> list[Derivative]:
+               upscaled: Upscaled | None = None) -> list[Rendered]:
     """Decode an original once and render each channel ({name: Channel}). Picklable in and out,
     so a process pool can run it; the provenance comes from the original's own chunks.
     ``upscaled``: the model upscaler's output for this original (:func:`model_upscaled`)."""
@@ -355,8 +355,6 @@ def upscale_original(original: bytes, long_side: int, model) -> Upscaled:
     """Upscale an original with a loaded model upscaler (darkroom.upscaler.ModelUpscaler) to
     ``long_side``, prompted with the asset's own prompt. A failure on this one image (out of
     memory, say) comes back as ``Upscaled.error``: that asset fails, the batch goes on."""
-    from darkroom.upscaler import free_device_memory
-
     prov = imaging.read_provenance(original)
     prompt, negative = prompts_from_infotext(prov.parameters) if prov else ("", "")
     try:
@@ -372,41 +370,18 @@ def upscale_original(original: bytes, long_side: int, model) -> Upscaled:
     return Upscaled(model.name, long_side, data=buf.getvalue())
 
 
-def model_upscaled(jobs, model: str | None):
-    """Jobs for :func:`render_all` (``(tag, (original, channels), kwargs)``, as
-    darkroom.imaging.process_map takes them), each given the model upscaler's output when
-    ``model`` (``generation.upscaler``) is set and some channel's ``upscale_to`` is larger
-    than the original.
-
-    This runs in the caller's process, lazily as process_map pulls the next job: one model
-    (one copy in memory, on the GPU when there is one) serves the whole batch, while the
-    render workers crop, overlay and encode the previous assets. Each original is upscaled
-    once, to the largest target of its channels. The model is loaded on the first original
-    that needs it; a model that cannot be loaded stops the task (ModelError), since every
-    asset would fail the same way. With ``model`` unset the jobs pass through unchanged and
-    the workers upscale with Lanczos, as before."""
-    if not model:
-        return jobs
-    return _model_upscaled(jobs, model)
-
-
-def _model_upscaled(jobs, model: str):
-    from darkroom import upscaler
-
-    loaded = None
-    for tag, args, kwargs in jobs:
-        original, channels = args[0], args[1]
-        target = max((ch.upscale_to for ch in channels.values() if ch.upscale_to), default=0)
-        if target:
-            try:  # the header is enough to know the size; the pixels are decoded once, below
-                with Image.open(io.BytesIO(original)) as head:
-                    size = head.size
-            except Exception:  # a broken file: render_all reports it as this asset's failure
-                size = None
-            if size is not None and max(size) < target:
-                loaded = loaded or upscaler.load(model)
-                kwargs = {**kwargs, "upscaled": upscale_original(original, target, loaded)}
-        yield tag, args, kwargs
+def upscale_target(original: bytes, channels: dict) -> int:
+    """The long side the model upscaler must make for this original: the largest
+    ``upscale_to`` of its channels that is above its own size; 0 when none is."""
+    target = max((ch.upscale_to for ch in channels.values() if ch.upscale_to), default=0)
+    if not target:
+        return 0
+    try:  # the header is enough to know the size
+        with Image.open(io.BytesIO(original)) as head:
+            size = head.size
+    except Exception:  # a broken file: render_all reports it as this asset's failure
+        return 0
+    return target if max(size) < target else 0
 
 
 def check_recipes(channels: dict, upscaler: str = "default", *,
@@ -416,11 +391,8 @@ def check_recipes(channels: dict, upscaler: str = "default", *,
     channel sets ``upscale_to``."""
     problems = []
     if model_upscaler is not None and any(ch.upscale_to for ch in channels.values()):
-        from darkroom import upscaler as ups
-        from darkroom.errors import ModelError
-
         try:
-            ups.resolve(model_upscaler)
+            resolve_upscaler(model_upscaler)
         except ModelError as exc:
             problems.append(str(exc))
     for name, ch in channels.items():

@@ -3,8 +3,10 @@
 Sources: CSV or Parquet (a path relative to the spec file, or s3://bucket/key), or
 ``postgres://CONN_ID`` with ``table`` or ``query``. The domain reads PostgreSQL through
 SQLAlchemy with a URL; who supplies the URL is the caller's business: in Airflow the
-Postgres provider's hook (operators/hooks.py), elsewhere ``AIRFLOW_CONN_<CONN_ID>``, the
-same environment variable Airflow itself reads connections from.
+Postgres provider's hook (operators/hooks.py), elsewhere ``AIRFLOW_CONN_<CONN_ID>`` (the
+variable Airflow itself reads connections from, as ``Settings.connections`` holds it).
+
+The source is the user's product database, not the catalog: the SQL here only reads it.
 """
 
 from __future__ import annotations
@@ -12,24 +14,26 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+from sqlalchemy import MetaData, Table, create_engine, select, text
+from sqlalchemy.engine import URL
+
+from darkroom.config import Settings
 from darkroom.errors import ValidationFailed
 from darkroom.spec import SQL_SCHEME, LoadedSpec
+from darkroom.storage import read_uri
 
 SqlUrlFactory = Callable[[str], str]
 
 
-def conn_env_name(conn_id: str) -> str:
-    return "AIRFLOW_CONN_" + conn_id.upper().replace("-", "_").replace(".", "_")
-
-
-def sql_url_from_env(conn_id: str) -> str:
+def sql_url(conn_id: str, settings: Settings) -> str:
     """A SQLAlchemy URL for ``conn_id`` from ``AIRFLOW_CONN_<CONN_ID>`` (URI or JSON form)."""
-    name = conn_env_name(conn_id)
-    raw = os.environ.get(name)
+    key = conn_id.upper().replace("-", "_").replace(".", "_")  # as Airflow names the variable
+    name = f"AIRFLOW_CONN_{key}"
+    raw = settings.connections.get(key)
     if not raw:
         raise ValidationFailed(
             f"products.source postgres://{conn_id}: no connection {conn_id!r}; fix: define the "
@@ -37,8 +41,6 @@ def sql_url_from_env(conn_id: str) -> str:
         )
     if raw.lstrip().startswith("{"):
         c = json.loads(raw)
-        from sqlalchemy.engine import URL
-
         return URL.create("postgresql+psycopg2", username=c.get("login"), password=c.get("password"),
                           host=c.get("host"), port=c.get("port"),
                           database=c.get("schema")).render_as_string(hide_password=False)
@@ -47,9 +49,6 @@ def sql_url_from_env(conn_id: str) -> str:
 
 
 def _read_sql(loaded: LoadedSpec, url: str):
-    import pandas as pd
-    from sqlalchemy import MetaData, Table, create_engine, select, text
-
     p = loaded.spec.products
     engine = create_engine(url, pool_pre_ping=True)
     try:
@@ -70,13 +69,13 @@ def _read_sql(loaded: LoadedSpec, url: str):
 
 
 def load_products_frame(loaded: LoadedSpec, *, s3_client=None, sql_url_factory: SqlUrlFactory | None = None):
-    import pandas as pd
-
+    """The product rows as a DataFrame. ``sql_url_factory`` turns a ``postgres://CONN_ID``
+    source's connection id into a SQLAlchemy URL (default: ``AIRFLOW_CONN_<CONN_ID>``)."""
     src = loaded.product_source
     where = f"{loaded.path}: products.source {loaded.spec.products.source!r}"
     if src.startswith(SQL_SCHEME):
         conn_id = src.removeprefix(SQL_SCHEME)
-        url = (sql_url_factory or sql_url_from_env)(conn_id)
+        url = (sql_url_factory or (lambda c: sql_url(c, Settings.from_env())))(conn_id)
         try:
             return _read_sql(loaded, url)
         except ValidationFailed:
@@ -87,8 +86,6 @@ def load_products_frame(loaded: LoadedSpec, *, s3_client=None, sql_url_factory: 
             raise ValidationFailed(f"{where}: reading the {what} failed: {msg}; fix the "
                                    f"products.table/products.query field or the connection") from exc
     if src.startswith("s3://"):
-        from darkroom.storage import read_uri
-
         raw: io.BytesIO | Path = io.BytesIO(read_uri(src, s3_client=s3_client))
     else:
         raw = Path(src)

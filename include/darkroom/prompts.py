@@ -9,32 +9,18 @@ not a dimension: every channel is a derivative cut from the same generated image
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
-from functools import cache
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
+from jinja2 import TemplateError, UndefinedError
 from jinja2.sandbox import SecurityError
 
 from darkroom import sandbox
 from darkroom.errors import PolicyError
+from darkroom.ids import short_hash
 from darkroom.policy import RestrictedTerms
 from darkroom.policy import fold as _fold
-from darkroom.sandbox import PromptSandbox
-from darkroom.spec import PROMPT_PIECES, LoadedSpec
-
-
-@cache
-def template_environment() -> PromptSandbox:
-    """The bounded, immutable sandbox every prompt template runs in (darkroom.sandbox)."""
-    return PromptSandbox(undefined=StrictUndefined, autoescape=False, trim_blocks=True)
-
-
-def short_hash(*parts: object, length: int = 16) -> str:
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+from darkroom.spec import PROMPT_PIECES, LoadedSpec, template_environment
 
 
 def template_version(loaded: LoadedSpec) -> str:

@@ -25,19 +25,20 @@ import functools
 import io
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import imagehash
 import numpy as np
 from PIL import Image
 
 from darkroom import imaging
+from darkroom.config import BRAND_DIR
 
 log = logging.getLogger("darkroom.qa")
-
-BRAND_DIR = Path(__file__).resolve().parents[1] / "brand"
 
 PASS, FAIL, BORDERLINE, NOT_RUN = "pass", "fail", "borderline", "not_run"
 
@@ -98,18 +99,6 @@ class Subject:
     @functools.cached_property
     def phash(self) -> str:
         return perceptual_hash(self.small)
-
-
-@dataclass(frozen=True)
-class Config:
-    """A check's settings; the spec's ``QACheck`` has the same attributes."""
-
-    enabled: bool = True
-    threshold: float | None = None
-    max: float | None = None
-    review_band: float = 0.0
-    params: dict = field(default_factory=dict)
-    if_not_run: str = "needs_review"
 
 
 def _measured(name: str, value: float, threshold: float, cfg, *, higher_is_better: bool,
@@ -302,6 +291,7 @@ def _model_path(cfg, name: str) -> Path | str:
 
 @functools.lru_cache(maxsize=2)
 def _clip(path: str):
+    # transformers (and torch) take seconds to import: only a spec with local CLIP weights pays.
     from transformers import CLIPModel, CLIPProcessor
 
     return CLIPModel.from_pretrained(path, local_files_only=True).eval(), \
@@ -310,6 +300,7 @@ def _clip(path: str):
 
 @functools.lru_cache(maxsize=2)
 def _classifier(path: str):
+    # transformers: only a spec with local NSFW-classifier weights imports it.
     from transformers import pipeline
 
     return pipeline("image-classification", model=path, device="cpu")
@@ -320,7 +311,7 @@ def check_clip_score(s: Subject, cfg) -> CheckResult:
     path = _model_path(cfg, "clip_score")
     if isinstance(path, str):
         return CheckResult("clip_score", None, cfg.threshold, False, path, NOT_RUN)
-    import torch
+    import torch  # loaded with the weights just above: no cost of its own here
 
     model, proc = _clip(str(path))
     inputs = proc(text=[s.prompt], images=s.img.convert("RGB"), return_tensors="pt", padding=True,
@@ -459,8 +450,10 @@ CHECKS: dict[str, Callable[[Subject, Any], CheckResult]] = {
     "clip_score": check_clip_score,
     "nsfw": check_nsfw,
 }
-# Checks that need state beyond one image; the caller runs them (see darkroom.stages.run_qa).
+# Checks that need state beyond one image; the caller runs them (see darkroom.stages.qa).
 CONTEXT_CHECKS = {"duplicate": check_duplicate}
+# The spec checks rubrics against darkroom.spec.CHECK_NAMES (it imports no engine); a test
+# holds the two lists equal.
 ALL_CHECKS = sorted({*CHECKS, *CONTEXT_CHECKS})
 
 
@@ -495,8 +488,6 @@ class Analysis:
 def analyse(data: bytes, rubric: dict, *, width: int, height: int, asset_id: str | None = None,
             seed: int | None = None, prompt: str = "") -> Analysis:
     """Decode safely and run the image-local checks. Picklable in and out (process pools)."""
-    import time
-
     started = time.process_time()
     try:
         img, fmt = imaging.decode_with_format(data)
@@ -529,30 +520,7 @@ def outcome(results: list[CheckResult], rubric: dict) -> tuple[str, list[str]]:
     return "qa_passed", []
 
 
-def hash_index(session, *, campaign_id: str, run_pk: int, radius: int,
-               exclude: Iterable[str] = ()) -> HashIndex:
-    """Hashes to check new images against: the campaign's approved (and published) assets and
-    every hashed asset of this run, except ``exclude`` (the batch being checked, which is
-    added in plan order as it goes, so a re-check gives the same answer)."""
-    from sqlalchemy import or_, select
-
-    from darkroom.models import Asset, AssetStatus, Variant
-
-    skip = set(exclude)
-    index = HashIndex(radius)
-    rows = session.execute(
-        select(Asset.id, Asset.phash).join(Variant, Variant.id == Asset.variant_id)
-        .where(Variant.campaign_id == campaign_id, Asset.phash.is_not(None),
-               or_(Asset.status.in_([AssetStatus.approved, AssetStatus.published]),
-                   Asset.run_pk == run_pk))
-        .order_by(Asset.created_at))
-    index.add_many((asset_id, phash) for asset_id, phash in rows if asset_id not in skip)
-    return index
-
-
 def perceptual_hash(img: Image.Image) -> str:
-    import imagehash
-
     return str(imagehash.phash(img))
 
 

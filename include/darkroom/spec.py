@@ -1,7 +1,9 @@
 """The campaign spec: one YAML file, validated by a pydantic model, becomes one Airflow DAG.
 
 Loading is cheap on purpose (YAML, pydantic, a Jinja syntax check, a stat of the product
-file): the DAG factory calls :func:`load_spec` at parse time for every campaign.
+file): the DAG factory calls :func:`load_spec` at parse time for every campaign. So the spec
+imports no engine: it owns the names it validates against (the QA check names, the routing
+conditions, the template environment) and the engines import them from here.
 """
 
 from __future__ import annotations
@@ -9,20 +11,53 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from darkroom import confine
 from darkroom.config import Settings
 from darkroom.errors import SpecError
+from darkroom.sandbox import PromptSandbox
 from darkroom.yaml_safe import load_yaml
 
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+
+#: The QA checks a rubric may name (darkroom.qa implements each; a test holds the two equal).
+CHECK_NAMES = ("brand_hash", "brand_palette", "clip_score", "colour_mode", "contrast", "dimensions",
+               "duplicate", "exposure", "file_size", "format", "not_blank", "nsfw", "provenance",
+               "sharpness")
+
+#: Facts a routing rule's ``when`` may test. Pools are chosen when the DAG is parsed, so pool
+#: rules see campaign facts only; backend rules also see the asset type and product columns.
+CAMPAIGN_FACTS = ("priority", "campaign")
+VARIANT_FACTS = (*CAMPAIGN_FACTS, "asset_type")
+
+
+@cache
+def template_environment() -> PromptSandbox:
+    """The bounded, immutable sandbox every prompt template renders in (darkroom.sandbox);
+    undefined names are errors. The spec checks templates with it, prompts renders with it."""
+    return PromptSandbox(undefined=StrictUndefined, autoescape=False, trim_blocks=True)
+
+
+def check_condition(key: str, *, for_pool: bool) -> str | None:
+    """None if ``key`` may appear in a routing rule's ``when``; else the problem and its fix."""
+    if key.startswith("product.") and len(key) > len("product."):
+        if for_pool:
+            return (f"{key!r} cannot choose a pool: pools are fixed when the DAG is parsed, before "
+                    f"products are read; fix: test only {', '.join(CAMPAIGN_FACTS)} in pool rules")
+        return None
+    allowed = CAMPAIGN_FACTS if for_pool else VARIANT_FACTS
+    if key not in allowed:
+        return (f"unknown condition {key!r}; fix: use one of {', '.join(allowed)}"
+                + ("" if for_pool else " or product.<column>"))
+    return None
 
 
 class _Model(BaseModel):
@@ -267,8 +302,6 @@ class RoutingRule(_Model):
 
     @model_validator(mode="after")
     def _checked(self) -> RoutingRule:
-        from darkroom.backends.routing import check_condition
-
         if self.backend is None and self.pool is None:
             raise ValueError("a routing rule needs `backend` and/or `pool`; e.g. "
                              "{when: {product.confidential: true}, backend: private}")
@@ -365,7 +398,7 @@ class Generation(_Model):
     )
     routing: list[RoutingRule] = Field(
         default_factory=list, description="Rules tried in order; the first that matches and "
-        "names a backend (or pool) decides it. See darkroom.backends.routing"
+        "names a backend (or pool) decides it. See darkroom.generation.routing"
     )
     stability: StabilityOptions = StabilityOptions()
     loras: list[LoraAdapter] = Field(default_factory=list, description="LoRA adapters with weights")
@@ -422,7 +455,7 @@ def default_checks() -> dict[str, QACheck]:
 
 
 class QARubric(_Model):
-    """Checks by name with their thresholds; see darkroom.qa.ALL_CHECKS for the names.
+    """Checks by name with their thresholds; the names are darkroom.spec.CHECK_NAMES.
 
     ``checks`` is merged over :func:`default_checks` (switch one off with ``enabled: false``);
     ``asset_types.<name>`` is merged over that for one asset type.
@@ -440,12 +473,10 @@ class QARubric(_Model):
     @field_validator("checks", "asset_types")
     @classmethod
     def _known_checks(cls, v: dict) -> dict:
-        from darkroom.qa import ALL_CHECKS
-
         groups = v.values() if v and isinstance(next(iter(v.values())), dict) else [v]
-        unknown = sorted({name for g in groups for name in g} - set(ALL_CHECKS))
+        unknown = sorted({name for g in groups for name in g} - set(CHECK_NAMES))
         if unknown:
-            raise ValueError(f"unknown check(s) {unknown}; known checks are {ALL_CHECKS}")
+            raise ValueError(f"unknown check(s) {unknown}; known checks are {list(CHECK_NAMES)}")
         return v
 
     def for_asset_type(self, asset_type: str) -> dict[str, QACheck]:
@@ -519,7 +550,7 @@ def schedule_problem(value: str) -> str | None:
     if value in SPECIAL_SCHEDULES or value in CRON_PRESETS:
         return None
     try:
-        from croniter import croniter
+        from croniter import croniter  # optional: it comes with Airflow (see below)
     except ImportError:  # the Airflow-free core: Airflow (which brings croniter) checks it
         return None
     try:
@@ -595,6 +626,11 @@ class CampaignSpec(_Model):
     @property
     def dag_id(self) -> str:
         return f"campaign__{self.id}"
+
+    @property
+    def uses_model_upscaler(self) -> bool:
+        """A model upscaler is set and some channel upscales: the run has an upscale task."""
+        return bool(self.generation.upscaler) and any(ch.upscale_to for ch in self.channels.values())
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -739,8 +775,6 @@ def load_spec(path: str | Path) -> LoadedSpec:
 
 
 def _check_files_and_templates(loaded: LoadedSpec) -> list[str]:
-    from darkroom.prompts import template_environment
-
     spec, problems = loaded.spec, []
     roots = confine.spec_roots(loaded.path.parent, Settings.from_env())
     files = [("products.source", spec.products.source)] if not spec.products.source.startswith(

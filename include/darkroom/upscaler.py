@@ -1,9 +1,10 @@
 """Model upscaling for channels' ``upscale_to`` (``generation.upscaler``): a diffusers x4
 upscaler pipeline, loaded once per process, that takes an original to 2048 or 4096 px.
 
-Where it runs: in the postprocess task's own process (darkroom.postprocess.model_upscaled),
-once per asset, to the largest ``upscale_to`` its channels ask for; the render workers only
-crop, resize and encode. One pipeline per process (possibly on the GPU), never one per worker.
+Where it runs: in the upscale stage (darkroom.stages.upscale), a task on the GPU queue, once
+per asset, to the largest ``upscale_to`` its channels ask for; the postprocess stage's render
+workers then only crop, resize and encode. One pipeline per process, on the GPU when there is
+one, never one per render worker.
 
 How a target is reached (:meth:`ModelUpscaler.upscale`). The model multiplies the long side
 by a fixed factor (4 for ``StableDiffusionUpscalePipeline``). With ``n`` = the most whole
@@ -23,8 +24,8 @@ size, and the pipeline upcasts the VAE to float32, so one activation of a 4096x4
 is 8 GiB. VAE tiling is therefore switched on for every output above
 :data:`VAE_TILING_ABOVE` px: the decode works tile by tile (the VAE's ``sample_size``) with
 blended seams, and its memory stays that of one tile, whatever the output. The images
-themselves are small beside that (a 4096x4096 RGB image is 48 MiB). On CPU (no GPU in the
-postprocess worker) it all runs, slowly, in float32.
+themselves are small beside that (a 4096x4096 RGB image is 48 MiB). On CPU (a GPU worker
+without a GPU, the tests) it all runs, slowly, in float32.
 
 Determinism: every pass draws its noise from a CPU generator seeded with :data:`SEED`, so
 the same original, target and model give the same pixels on the same device and library
@@ -45,6 +46,8 @@ from typing import Any
 from PIL import Image
 
 from darkroom.errors import ModelError
+from darkroom.generation.models import local_model_digest
+from darkroom.generation.types import DeviceUse
 
 # model_index.json class -> how many times one pass multiplies the long side.
 # (StableDiffusionLatentUpscalePipeline, x2, takes latents and a different call; not supported.)
@@ -63,7 +66,7 @@ DEFAULT_SETTINGS = {
 VAE_TILING_ABOVE = 1024  # px, output long side
 
 _FIX = ("fix: point generation.upscaler at a StableDiffusionUpscalePipeline folder or hub id "
-        "(e.g. stabilityai/stable-diffusion-x4-upscaler; `darkroom.upscaler.build_tiny_upscaler` "
+        "(e.g. stabilityai/stable-diffusion-x4-upscaler; `darkroom.devtools.tiny_upscaler` "
         "makes an offline test one), or set it to null to upscale with Lanczos")
 
 
@@ -81,7 +84,7 @@ class UpscalerRef:
     pipeline_class: str | None  # from model_index.json; None for a hub id not fetched yet
 
 
-def resolve(value: str) -> UpscalerRef:
+def resolve_upscaler(value: str) -> UpscalerRef:
     """Check ``generation.upscaler`` without loading weights (cheap: reads model_index.json).
 
     A folder must hold a diffusers upscaler pipeline; anything that looks like a path but is
@@ -142,6 +145,18 @@ class ModelUpscaler:
         self.upscaler_name = self.name  # what darkroom.postprocess records as `upscaled.by`
         self._lock = threading.Lock()
 
+    def device_use(self) -> DeviceUse:
+        """What this upscaler runs on: device, dtype, peak memory (since reset_peak_memory)."""
+        from darkroom.generation.local import device_name, peak_memory_bytes  # torch: loaded already
+
+        return DeviceUse(device_name(self.device), str(self.pipe.dtype).removeprefix("torch."),
+                         peak_memory_bytes(self.device))
+
+    def reset_peak_memory(self) -> None:
+        from darkroom.generation.local import reset_peak_memory  # torch: loaded already
+
+        reset_peak_memory(self.device)
+
     def __call__(self, img: Image.Image, long_side: int) -> Image.Image:
         return self.upscale(img, long_side)
 
@@ -169,7 +184,7 @@ class ModelUpscaler:
         return out
 
     def _pass(self, img: Image.Image, prompt: str, negative_prompt: str) -> Image.Image:
-        import torch
+        import torch  # already loaded with the pipeline (load): no cost of its own here
 
         out_long = max(img.size) * self.factor
         with self._lock, torch.inference_mode():
@@ -192,9 +207,12 @@ _loaded_lock = threading.Lock()
 def load(value: str, device: str = "auto") -> ModelUpscaler:
     """The upscaler ``generation.upscaler`` names, loaded once per process (cached by
     location, device and dtype); raises :class:`ModelError` naming the field and the fix."""
-    from darkroom.inference import local_model_digest, pick_device
+    # torch and diffusers: only a process that upscales with a model loads them.
+    from diffusers import DiffusionPipeline
 
-    ref = resolve(value)
+    from darkroom.generation.local import pick_device
+
+    ref = resolve_upscaler(value)
     device, dtype = pick_device(device)
     key = (ref.location, device, str(dtype))
     with _loaded_lock:
@@ -204,8 +222,6 @@ def load(value: str, device: str = "auto") -> ModelUpscaler:
         folder, version = _fetch(ref)
         if ref.is_local:
             version = local_model_digest(folder)[:12]
-        from diffusers import DiffusionPipeline
-
         try:
             pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
@@ -248,7 +264,7 @@ def _fetch(ref: UpscalerRef) -> tuple[Path, str]:
     Hugging Face cache; its version is the snapshot's commit."""
     if ref.is_local:
         return Path(ref.location), ""
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline  # a hub download: the pipeline loads next anyway
 
     try:
         folder = Path(DiffusionPipeline.download(ref.location))
@@ -264,95 +280,6 @@ def _fetch(ref: UpscalerRef) -> tuple[Path, str]:
 def free_device_memory() -> None:
     """After a failed pass (out of memory, typically): give the cached blocks back, so the
     next asset starts from a clean device."""
-    from darkroom.inference import _free_device_memory
+    from darkroom.generation.local import free_device_memory as free  # torch is loaded already
 
-    _free_device_memory()
-
-
-def build_tiny_upscaler(path: str | Path, *, seed: int = 0) -> Path:
-    """Build and ``save_pretrained`` a tiny random-weight ``StableDiffusionUpscalePipeline``
-    (x4) at ``path``, offline: the same component layout as the real
-    stabilityai/stable-diffusion-x4-upscaler (UNet on 4 latent + 3 image channels with the
-    noise level as class label, a 3-block VAE that decodes 4x, a DDPM low-res scheduler),
-    with widths shrunk to a few channels so it runs on a CPU in seconds. Its output is noise
-    over the input's colours, by design. Deterministic for a seed."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        DDPMScheduler,
-        StableDiffusionUpscalePipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from darkroom.tiny_model import write_tokenizer
-
-    path = Path(path)
-    tok_dir = path.parent / f".{path.name}-tokenizer"
-    vocab_size = write_tokenizer(tok_dir)
-    # vocab=/merges= (not vocab_file=): see darkroom.tiny_model.build_tiny_pipeline.
-    tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
-                              model_max_length=77)
-    bos, eos = vocab_size - 2, vocab_size - 1
-    max_noise_level = 350
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8, 8, 8),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=7,  # 4 latent channels + the 3-channel low-res image, as the real model
-        out_channels=4,
-        # Attention only in the mid block (1/8 of the input's size, text cross-attention
-        # only): the UNet runs at the pass input's size (512x512 on the way to 2048), where
-        # CPU attention over every pixel takes tens of seconds per step.
-        down_block_types=("DownBlock2D",) * 4,
-        up_block_types=("UpBlock2D",) * 4,
-        mid_block_only_cross_attention=True,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=2,
-        num_class_embeds=1000,  # the noise level is the class label, as in the real model
-    )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[4, 4, 4],  # three blocks: the decoder upsamples 4x
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3,
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=256,  # VAE tiling's tile size: 64-latent tiles
-        scaling_factor=0.08333,  # the x4 upscaler's; the pipeline insists on it
-        mid_block_add_attention=False,  # quadratic in latent pixels, as above
-    )
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, hidden_size=8, intermediate_size=16,
-        layer_norm_eps=1e-05, num_attention_heads=2, num_hidden_layers=2, vocab_size=vocab_size))
-    pipe = StableDiffusionUpscalePipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        low_res_scheduler=DDPMScheduler(),
-        # The real model predicts v; its scheduler config says so.
-        scheduler=DDIMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear",
-                                beta_start=0.0001, beta_end=0.02, clip_sample=False,
-                                set_alpha_to_one=False, steps_offset=1),
-        max_noise_level=max_noise_level,
-    )
-    pipe.save_pretrained(str(path))
-    for f in tok_dir.iterdir():
-        f.unlink()
-    tok_dir.rmdir()
-    (path / "DARKROOM_TINY_UPSCALER.txt").write_text(
-        "Random weights built by darkroom.upscaler.build_tiny_upscaler: it adds noise, not detail.\n"
-        "Point generation.upscaler at a real upscaler (e.g. stabilityai/stable-diffusion-x4-upscaler).\n",
-        "utf-8")
-    # Few steps and no classifier-free guidance (one UNet batch, not two): random weights gain
-    # nothing from more, and tests run it on a CPU.
-    (path / SETTINGS_FILE).write_text(json.dumps({"steps": 2, "guidance": 1.0}) + "\n", "utf-8")
-    return path
+    free()

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pandas as pd
+
 from darkroom import confine, imaging
-from darkroom.config import Settings
+from darkroom.config import PROJECT_ROOT, Settings
 from darkroom.errors import ValidationFailed
 from darkroom.spec import LoadedSpec
+from darkroom.storage import S3Storage
 
 log = logging.getLogger("darkroom")
 SAMPLE_ROWS = 5
@@ -132,8 +135,6 @@ def _plain(v):
 
 
 def suite_path(loaded: LoadedSpec, name: str) -> Path:
-    from darkroom.config import PROJECT_ROOT
-
     path = loaded.resolve(name)
     if not path.is_file():
         path = PROJECT_ROOT / "include" / "expectations" / name
@@ -208,8 +209,6 @@ def _cut_values(value):
 
 def text_columns(df) -> list[str]:
     """Columns holding text (pandas' string dtype, or objects that are all str)."""
-    import pandas as pd
-
     out = []
     for col in df.columns:
         s = df[col]
@@ -241,8 +240,6 @@ def _image_exists(value: str, loaded: LoadedSpec, settings: Settings, s3_client_
         return str(exc)
     try:
         if uri.startswith("s3://"):
-            from darkroom.storage import S3Storage
-
             client = s3_client_factory() if s3_client_factory else None
             found = S3Storage(S3Storage.split(uri)[0], client=client).stat(uri)
             return None if found else "no such object"
@@ -285,6 +282,7 @@ def check_reference_images(loaded: LoadedSpec, df, s3_client_factory=None,
 
 
 def _quiet_context():
+    # Great Expectations takes seconds to import: only the validate_inputs task pays for it.
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -299,7 +297,7 @@ def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None,
     """Run the suite (plus the reference-image check) on the product frame."""
     # GX logs its own registration chatter at INFO on import: not what a task log is for.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations as gx
+    import great_expectations as gx  # seconds to import, as in _quiet_context
     from great_expectations.expectations.registry import get_expectation_impl
 
     # GX, ephemeral: nothing is written to disk, nothing is read from a project folder.

@@ -28,17 +28,19 @@ from typing import Annotated, Literal
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.api_fastapi.core_api.security import get_user
-from darkroom import review
-from darkroom.catalog import Catalog
+from darkroom.catalog import reviews, runs
+from darkroom.catalog.db import Catalog
+from darkroom.catalog.tables import AssetStatus
 from darkroom.config import Settings
-from darkroom.errors import StorageError
-from darkroom.models import AssetStatus
+from darkroom.errors import ReviewError, StorageError
 from darkroom.storage import read_uri
+from darkroom_operators.hooks import DarkroomHook
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from darkroom_review.security import CSRF_HEADER, authorize_dag, check_same_origin, readable_dag_ids
@@ -78,24 +80,22 @@ def catalog() -> Catalog:
     # The same catalog the tasks use: DARKROOM_CATALOG_URL, else the `darkroom_catalog`
     # connection (the production stack), else $DARKROOM_HOME's SQLite. Read per request so
     # it follows the API server's environment (and tests' changes).
-    from darkroom_operators.hooks import DarkroomHook
-
     return _catalog_for(DarkroomHook().settings().catalog_url)
 
 
 CatalogDep = Annotated[Catalog, Depends(catalog)]
 
 
-@app.exception_handler(review.ReviewError)
-async def _review_error(_request: Request, exc: review.ReviewError) -> JSONResponse:
-    code = (status.HTTP_409_CONFLICT if isinstance(exc, review.AssetMovedOn)
-            else status.HTTP_404_NOT_FOUND if isinstance(exc, review.AssetNotFound)
+@app.exception_handler(ReviewError)
+async def _review_error(_request: Request, exc: ReviewError) -> JSONResponse:
+    code = (status.HTTP_409_CONFLICT if isinstance(exc, reviews.AssetMovedOn)
+            else status.HTTP_404_NOT_FOUND if isinstance(exc, reviews.AssetNotFound)
             else status.HTTP_400_BAD_REQUEST)
     return JSONResponse({"detail": str(exc)}, status_code=code)
 
 
-def _run_or_404(cat: Catalog, dag_id: str, run_id: str) -> review.RunRef:
-    run = review.find_run(cat, dag_id, run_id)
+def _run_or_404(cat: Catalog, dag_id: str, run_id: str) -> runs.RunRef:
+    run = runs.find_run(cat, dag_id, run_id)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"the catalog has no run {run_id!r} of DAG {dag_id!r}")
@@ -110,7 +110,7 @@ def _base(request: Request) -> str:
 
 @app.get("/review/", response_class=HTMLResponse)
 def index_page(request: Request, user: User, cat: CatalogDep):
-    rows = review.runs(cat, readable_dag_ids(user))
+    rows = runs.recent_runs(cat, readable_dag_ids(user))
     return templates.TemplateResponse(request, "index.html", {
         "runs": rows, "user": user.get_name(), "base": _base(request)})
 
@@ -121,7 +121,7 @@ def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: Ca
                  channel: str | None = None):
     authorize_dag(user, dag_id, "GET")
     run = _run_or_404(cat, dag_id, run_id)
-    everything = review.run_assets(cat, run)
+    everything = reviews.run_assets(cat, run)
     channels = sorted({c for a in everything for c in a["channels"]})
     assets = [a for a in everything
               if (not status_filter or a["status"] == status_filter)
@@ -133,23 +133,23 @@ def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: Ca
         "run": run, "assets": assets, "channels": channels, "statuses": STATUSES,
         "status_filter": status_filter or "", "channel": channel or "", "counts": counts,
         "total": len(everything), "user": user.get_name(), "base": _base(request),
-        "csrf_header": CSRF_HEADER, "decidable": {s.value for s in review.DECIDABLE}})
+        "csrf_header": CSRF_HEADER, "decidable": {s.value for s in reviews.DECIDABLE}})
 
 
 # -- JSON API ---------------------------------------------------------------------------
 
 class DecisionBody(BaseModel):
-    note: str = Field("", max_length=review.MAX_NOTE)
+    note: str = Field("", max_length=reviews.MAX_NOTE)
 
 
 class BulkBody(BaseModel):
     asset_ids: list[str] = Field(min_length=1, max_length=5000)
-    note: str = Field("", max_length=review.MAX_NOTE)
+    note: str = Field("", max_length=reviews.MAX_NOTE)
 
 
 @app.get("/api/runs")
 def api_runs(user: User, cat: CatalogDep) -> list[dict]:
-    return review.runs(cat, readable_dag_ids(user))
+    return runs.recent_runs(cat, readable_dag_ids(user))
 
 
 @app.get("/api/runs/{dag_id}/{run_id:path}/assets")
@@ -157,14 +157,14 @@ def api_run_assets(dag_id: str, run_id: str, user: User, cat: CatalogDep,
                    status_filter: Annotated[str | None, Query(alias="status")] = None,
                    channel: str | None = None) -> list[dict]:
     authorize_dag(user, dag_id, "GET")
-    return review.run_assets(cat, _run_or_404(cat, dag_id, run_id), status=status_filter,
+    return reviews.run_assets(cat, _run_or_404(cat, dag_id, run_id), status=status_filter,
                              channel=channel)
 
 
 @app.get("/api/assets/{asset_id}")
 def api_asset(asset_id: str, user: User, cat: CatalogDep) -> dict:
-    authorize_dag(user, review.asset_run(cat, asset_id).dag_id, "GET")
-    return review.show(cat, asset_id)
+    authorize_dag(user, reviews.asset_run(cat, asset_id).dag_id, "GET")
+    return reviews.show(cat, asset_id)
 
 
 def _decision_json(row) -> dict:
@@ -175,9 +175,9 @@ def _decision_json(row) -> dict:
 @app.post("/api/assets/{asset_id}/{decision}")
 def api_decide(request: Request, asset_id: str, decision: Decision, body: DecisionBody,
                user: User, cat: CatalogDep) -> dict:
-    authorize_dag(user, review.asset_run(cat, asset_id).dag_id, "PUT")
+    authorize_dag(user, reviews.asset_run(cat, asset_id).dag_id, "PUT")
     check_same_origin(request)
-    return _decision_json(review.decide(cat, asset_id, decision, user.get_name(), body.note))
+    return _decision_json(reviews.decide(cat, asset_id, decision, user.get_name(), body.note))
 
 
 @app.post("/api/runs/{dag_id}/{run_id:path}/{decision}")
@@ -190,11 +190,11 @@ def api_decide_many(request: Request, dag_id: str, run_id: str, decision: Decisi
     for asset_id in dict.fromkeys(body.asset_ids):
         try:
             # The path's DAG was authorized: an asset of another run must not ride along.
-            if review.asset_run(cat, asset_id).pk != run.pk:
-                raise review.AssetNotFound(f"asset {asset_id!r} is not in run {run_id!r} of {dag_id!r}")
-            decided.append(_decision_json(review.decide(cat, asset_id, decision, user.get_name(),
+            if reviews.asset_run(cat, asset_id).pk != run.pk:
+                raise reviews.AssetNotFound(f"asset {asset_id!r} is not in run {run_id!r} of {dag_id!r}")
+            decided.append(_decision_json(reviews.decide(cat, asset_id, decision, user.get_name(),
                                                         body.note)))
-        except review.ReviewError as exc:
+        except ReviewError as exc:
             refused.append({"asset_id": asset_id, "reason": str(exc)})
     code = status.HTTP_200_OK if not refused else status.HTTP_409_CONFLICT
     return JSONResponse({"decided": decided, "refused": refused}, status_code=code)
@@ -207,8 +207,7 @@ VERIFY_MAX_BYTES = 50 * 1024 * 1024
 async def api_verify(request: Request, user: User, cat: CatalogDep) -> dict:
     """``darkroom verify`` for an uploaded file (its bytes as the body; ``X-Filename``
     optional). Reads only; the answers about an asset need read access to its DAG."""
-    from darkroom.provenance.verify import verify
-    from darkroom_operators.hooks import DarkroomHook
+    from darkroom.stages.verify import verify  # the watermark's and C2PA's readers: on first use
     from starlette.concurrency import run_in_threadpool
 
     if int(request.headers.get("content-length") or 0) > VERIFY_MAX_BYTES:
@@ -231,8 +230,6 @@ def _image_response(uri: str, width: int | None) -> Response:
         data = read_uri(uri, endpoint_url=Settings.from_env().s3_endpoint_url)
     except StorageError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    from PIL import Image
-
     img = Image.open(io.BytesIO(data))
     media = Image.MIME.get(img.format or "", "application/octet-stream")
     if width and img.width > width:
@@ -246,8 +243,8 @@ def _image_response(uri: str, width: int | None) -> Response:
 @app.get("/files/asset/{asset_id}/{kind}")
 def asset_file(asset_id: str, kind: str, user: User, cat: CatalogDep,
                w: Annotated[int | None, Query(ge=16, le=4096)] = None) -> Response:
-    authorize_dag(user, review.asset_run(cat, asset_id).dag_id, "GET")
-    return _image_response(review.file_uri(cat, asset_id, kind), w)
+    authorize_dag(user, reviews.asset_run(cat, asset_id).dag_id, "GET")
+    return _image_response(reviews.file_uri(cat, asset_id, kind), w)
 
 
 @app.get("/files/run/{dag_id}/{run_id:path}/contact-sheet")

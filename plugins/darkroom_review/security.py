@@ -21,7 +21,7 @@ CSRF_HEADER = "X-Darkroom-CSRF"
 
 def authorize_dag(user: BaseUser, dag_id: str, method: Literal["GET", "PUT"]) -> None:
     """403 unless ``user`` may ``method`` the DAG ``dag_id`` (PUT: decide its runs' assets)."""
-    from airflow.models.dag import DagModel
+    from airflow.models.dag import DagModel  # the ORM: only a request in the API server needs it
 
     entity = DagAccessEntity.HITL_DETAIL if method == "PUT" else DagAccessEntity.RUN
     details = DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))

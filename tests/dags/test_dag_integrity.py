@@ -5,6 +5,7 @@ Modelled on the astro CLI template's tests/dags/test_dag_example.py.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import airflow_env  # noqa: F401  (must precede airflow imports)
+from tests.support import airflow_env  # noqa: F401  (must precede airflow imports)
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = ROOT / "dags" / "campaigns.py"
@@ -72,11 +73,17 @@ def test_stage_shape(dag):
              "await_approval", "publish"]
     for up, down in zip(chain, chain[1:], strict=False):
         assert down in tasks[up].downstream_task_ids, f"{up} -> {down} missing"
-    from airflow.sdk.definitions.mappedoperator import MappedOperator
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
 
+    # The batch stages are one mapped task group over expand_prompts' batches (never over
+    # single images): batch k's qa waits for batch k's generate only, so batches stream.
+    group = tasks["generate"].task_group
+    assert isinstance(group, MappedTaskGroup) and group.group_id == "batch"
     for mapped in ("generate", "qa", "postprocess"):
-        assert isinstance(tasks[mapped], MappedOperator), f"{mapped} must map over batches"
-    assert type(tasks["generate"]).__name__ == "MappedOperator"
+        assert tasks[mapped].task_group is group, f"{mapped} must map over batches"
+    assert tasks["qa"].upstream_task_ids == {"generate"}
+    assert tasks["postprocess"].upstream_task_ids == {"qa"}
+    assert type(tasks["generate"]).__name__ == "GenerateImagesOperator"
     assert tasks["publish"].outlets, "publish must emit an Airflow Asset"
 
 
@@ -116,16 +123,44 @@ def test_broken_spec_is_an_import_error_and_others_still_load(tmp_path, monkeypa
     assert "greater than or equal to 1" in message  # the fix
 
 
+HEAVY = ("torch", "diffusers", "transformers", "great_expectations", "mlflow", "numpy", "PIL",
+         "imagehash", "sqlalchemy")
+#: What the DAG file may import of ours at parse time: the spec, the settings, the routing
+#: rules (with the light types they name) and the Airflow adapters.
+PARSE_TIME_MODULES = {"darkroom", "darkroom.config", "darkroom.errors", "darkroom.spec", "darkroom.generation",
+                      "darkroom.generation.routing", "darkroom.generation.types", "darkroom.generation.models",
+                      "darkroom.generation.families", "darkroom_operators", "darkroom_operators.approval",
+                      "darkroom_operators.generate", "darkroom_operators.hooks",
+                      # what the spec loads with (pathlib, Jinja2 and PyYAML only)
+                      "darkroom.confine", "darkroom.sandbox", "darkroom.yaml_safe"}
+
+
 def test_parsing_does_no_expensive_work():
-    """Import the factory in a clean interpreter: no torch, diffusers, GX, MLflow or catalog
-    (Airflow itself brings SQLAlchemy; our catalog must not come along)."""
+    """In a clean interpreter: loading every example spec (what the factory does per campaign)
+    imports none of the heavy libraries, SQLAlchemy included; then the DAG file imports none
+    beyond what Airflow's task SDK brings itself (it brings SQLAlchemy), and of ours only the
+    light modules: no catalog, no stage, no engine, no model code."""
     code = textwrap.dedent(f"""
-        import sys, runpy
+        import json, runpy, sys
+        from darkroom.config import Settings
+        from darkroom.generation.routing import pool_for
+        from darkroom.spec import load_spec, spec_files
+        from pathlib import Path
+        specs = [load_spec(p) for p in spec_files(Path({str(CAMPAIGNS)!r}))]
+        routes = [Settings.from_env().gpu_routing(s.spec.generation.queue, pool_for(s.spec)) for s in specs]
+        after_specs = [m for m in {HEAVY!r} if m in sys.modules]
+        import airflow.sdk
+        before_dag = set(sys.modules)
         runpy.run_path({str(DAG_FILE)!r})
-        heavy = [m for m in ("torch", "diffusers", "great_expectations", "mlflow",
-                             "darkroom.catalog", "darkroom.inference") if m in sys.modules]
-        print(",".join(heavy))
+        added = set(sys.modules) - before_dag
+        print(json.dumps({{"specs": len(specs), "after_specs": after_specs,
+                          "heavy_added": [m for m in {HEAVY!r} if m in added],
+                          "ours": sorted(m for m in sys.modules if m.startswith("darkroom"))}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT, env={**__import__("os").environ})
-    assert out.stdout.strip().splitlines()[-1:] in ([""], []), out.stdout
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["specs"] >= 2
+    assert result["after_specs"] == [], "loading the specs imported " + ", ".join(result["after_specs"])
+    assert result["heavy_added"] == [], "the DAG file imported " + ", ".join(result["heavy_added"])
+    assert set(result["ours"]) <= PARSE_TIME_MODULES, sorted(set(result["ours"]) - PARSE_TIME_MODULES)

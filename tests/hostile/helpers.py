@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import yaml
-from darkroom import stages
 from darkroom.config import Settings
+from darkroom.stages.context import RunContext
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGNS = ROOT / "include" / "campaigns"
@@ -40,6 +40,6 @@ def write_spec(folder: Path, mutate=None, rows: str | None = None) -> Path:
     return path
 
 
-def run_context(spec: Path, run_id: str = "manual__1", conf=None) -> stages.RunContext:
-    return stages.RunContext.open(spec, "campaign__spring_tiles", run_id, conf or {},
+def run_context(spec: Path, run_id: str = "manual__1", conf=None) -> RunContext:
+    return RunContext.open(spec, "campaign__spring_tiles", run_id, conf or {},
                                   settings=Settings.from_env())

@@ -11,11 +11,13 @@ import io
 import json
 
 import pytest
-from darkroom import imaging, postprocess, stages
+from darkroom import imaging, postprocess
+from darkroom.catalog.tables import Asset, PlanItem, ValidationResult, Variant
 from darkroom.errors import ValidationFailed
-from darkroom.models import Asset, PlanItem, ValidationResult, Variant
-from darkroom.publishing import FORMULA_PREFIXES, csv_cell
 from darkroom.spec import Channel, load_spec
+from darkroom.stages import approve, publish, validate
+from darkroom.stages.publish import FORMULA_PREFIXES, csv_cell
+from darkroom.stages.sequence import run_to_review
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -52,9 +54,9 @@ def test_hostile_product_values_publish_a_safe_manifest_and_fitted_provenance(tm
         d["brand"].update(style="")
 
     ctx = run_context(write_spec(tmp_path, mutate, rows=rows))
-    stages.run_to_review(ctx)
-    stages.settle_undecided(ctx, "approve", "tester", "")
-    summary = stages.publish(ctx)
+    run_to_review(ctx)
+    approve.settle_undecided(ctx, "approve", "tester", "")
+    summary = publish.run(ctx)
     assert summary["published_assets"] == 1 and summary["files"] == 2
 
     dest = darkroom_home / "published" / "dam"
@@ -114,7 +116,7 @@ def test_a_product_value_over_the_length_limit_fails_validation_by_column_and_ro
     ctx = run_context(spec)
     before = files(tmp_path)
     with pytest.raises(ValidationFailed) as err:
-        stages.validate_inputs(ctx)
+        validate.run(ctx)
     message = str(err.value)
     assert str(spec) in message and "nothing was generated" in message
     assert "expect_column_value_lengths_to_be_between on column 'name'" in message
@@ -134,7 +136,7 @@ def test_a_product_value_over_the_length_limit_fails_validation_by_column_and_ro
 def test_the_length_limit_is_a_spec_setting(tmp_path, darkroom_home):
     rows = CSV_HEADER + f"TER-001,{'long name ' * 700},drinkware,terracotta,stoneware,18.00\n"
     spec = write_spec(tmp_path, lambda d: d["products"].update(max_value_length=8000), rows=rows)
-    assert stages.validate_inputs(run_context(spec))["success"]
+    assert validate.run(run_context(spec))["success"]
 
 
 # -- logos, fonts, reference images ----------------------------------------------------------
@@ -197,7 +199,7 @@ def test_an_unreadable_reference_image_fails_its_row_at_validation(tmp_path, dar
     load_spec(spec)
     ctx = run_context(spec)
     with pytest.raises(ValidationFailed) as err:
-        stages.validate_inputs(ctx)
+        validate.run(ctx)
     message = str(err.value)
     assert "expect_reference_images_to_exist on column 'reference'" in message
     assert "sku='TER-001'" in message and "reference='refs/mug.png'" in message
@@ -219,8 +221,8 @@ def test_decode_errors_name_no_python_objects():
 
 def _approved_asset(ctx) -> str:
     """One approved asset with a derivative per channel, made in the catalog (no model)."""
-    from darkroom import review
-    from darkroom.models import AssetStatus, Derivative
+    from darkroom.catalog import reviews as review
+    from darkroom.catalog.tables import AssetStatus, Derivative
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 90, 60)).save(buf, format="PNG")
@@ -243,8 +245,8 @@ def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path
     """It used to mark the asset published with no file (and end in a PermissionError
     traceback). Tests run as root, which may write read-only folders: the destination's
     campaign folder is made a file instead, which no user can write into."""
+    from darkroom.catalog.tables import AssetStatus, Publication
     from darkroom.errors import StorageError
-    from darkroom.models import AssetStatus, Publication
 
     ctx = run_context(write_spec(tmp_path))
     asset_id = _approved_asset(ctx)
@@ -252,7 +254,7 @@ def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path
     dest.mkdir(parents=True)
     (dest / ctx.spec.id).write_text("not a folder")
     with pytest.raises(StorageError) as err:
-        stages.publish(ctx)
+        publish.run(ctx)
     message = str(err.value)
     assert "publish could not write 1 asset(s), which stay approved, not published" in message
     assert str(dest) in message and "fix the destination" in message
@@ -261,7 +263,7 @@ def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path
         assert s.scalar(select(func.count()).select_from(Publication)) == 0
     # Fixed, the publish task runs again and publishes it.
     (dest / ctx.spec.id).unlink()
-    assert stages.publish(ctx)["published_assets"] == 1
+    assert publish.run(ctx)["published_assets"] == 1
     with ctx.catalog.session() as s:
         assert s.get(Asset, asset_id).status == AssetStatus.published
     assert len(list((dest / ctx.spec.id).rglob("*.png"))) == 1

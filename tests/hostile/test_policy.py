@@ -8,10 +8,10 @@ whole-word rule the policy always had (``cure`` is not in ``secure``).
 from __future__ import annotations
 
 import pytest
-from darkroom import stages
+from darkroom.catalog.tables import PlanItem, Variant
 from darkroom.errors import PolicyError
-from darkroom.models import PlanItem, Variant
 from darkroom.policy import RestrictedTerms, fold, look_alikes
+from darkroom.stages import plan
 from sqlalchemy import select
 
 from tests.hostile.helpers import CSV_HEADER, run_context, write_spec
@@ -98,7 +98,7 @@ def test_a_disguised_term_in_product_data_rejects_its_variant_at_expand_prompts(
     spec = write_spec(tmp_path, lambda d: d["brand"].update(
         restricted_terms=["dishwasher safe", "guaranteed"]), rows=rows)
     ctx = run_context(spec)
-    stages.expand_prompts(ctx)
+    plan.run(ctx)
     with ctx.catalog.session() as s:
         rejected = dict(s.execute(select(Variant.product_id, PlanItem.reason).join(
             Variant, Variant.id == PlanItem.variant_id).where(PlanItem.status == "policy_rejected")).all())
@@ -112,4 +112,4 @@ def test_a_terms_file_that_is_not_utf8_is_a_policy_error(tmp_path, darkroom_home
     (tmp_path / "terms.txt").write_bytes("cr\xe8me\n".encode("latin-1"))
     ctx = run_context(spec)
     with pytest.raises(PolicyError, match=r"field `brand.restricted_terms_file` .* not UTF-8 text.*fix"):
-        stages.expand_prompts(ctx)
+        plan.run(ctx)

@@ -184,7 +184,7 @@ def test_spec_check_cli_prints_the_message_not_a_traceback(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_bytes(_spec_text(tmp_path).encode("utf-8").replace(b"brief:", b"brief: caf\xe9", 1))
     before = files(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "darkroom.cli", "spec", "check", str(path)],
+    out = subprocess.run([sys.executable, "-m", "darkroom_cli", "spec", "check", str(path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "not UTF-8 text" in out.stderr + out.stdout and "Traceback" not in out.stderr

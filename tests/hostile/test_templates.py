@@ -8,11 +8,12 @@ PolicyError naming the spec file, the template field, the product and the limit.
 from __future__ import annotations
 
 import pytest
-from darkroom import sandbox, stages
+from darkroom import sandbox
+from darkroom.catalog.tables import PlanItem, Variant
 from darkroom.errors import PolicyError, SpecError
-from darkroom.models import PlanItem, Variant
 from darkroom.prompts import render_variants
 from darkroom.spec import load_spec
+from darkroom.stages import plan
 from sqlalchemy import func, select
 
 from tests.hostile.helpers import CSV_HEADER, files, run_context, write_spec
@@ -130,7 +131,7 @@ def test_expand_prompts_with_a_runaway_template_plans_nothing(tmp_path, darkroom
     ctx = run_context(spec)
     before = files(tmp_path)
     with pytest.raises(PolicyError, match=r"field `prompts.subject`: stopped for product 'TER-001'"):
-        stages.expand_prompts(ctx)
+        plan.run(ctx)
     with ctx.catalog.session() as s:
         for table in (Variant, PlanItem):
             assert s.scalar(select(func.count()).select_from(table)) == 0

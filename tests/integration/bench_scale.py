@@ -179,15 +179,23 @@ def run_stats(stack: LocalStack, dag_id: str, run_id: str) -> dict:
             continue
         durations = [secs(ti["start_date"], ti["end_date"]) for ti in group]
         first_queued = min((ti["queued_dttm"] for ti in group if ti["queued_dttm"]), default=None)
+        first_end = min(ti["end_date"] for ti in group)
         stages[task_id] = {
             "tasks": len(group), "hosts": sorted({ti["hostname"] for ti in group}),
             "span_s": round(secs(min(ti["start_date"] for ti in group), max(ti["end_date"] for ti in group)), 2),
             "first_queued_to_last_end_s": round(secs(first_queued, max(ti["end_date"] for ti in group)), 2)
             if first_queued else None,
             "task_seconds_sum": round(sum(durations), 2), "task_seconds": _dist(durations),
+            # From the run's trigger: when the first task of this stage finished.
+            "first_end_s": round(secs(dr.queued_at, first_end), 2),
         }
+    # A reviewer can decide on an asset once QA passed it (the gallery reads the catalog), and
+    # publish it once its channel derivatives exist: the first batch through postprocess.
+    first_reviewable = stages.get("postprocess", {}).get("first_end_s")
     return {
         "state": dr.state, "wall_s": round(secs(dr.queued_at, dr.end_date), 2),
+        "time_to_first_reviewable_s": first_reviewable,
+        "time_to_first_qa_checked_s": stages.get("qa", {}).get("first_end_s"),
         "task_instances": len(tis), "mapped_task_instances": sum(1 for ti in tis if ti["map_index"] >= 0),
         "retries": sum(1 for ti in tis if (ti["try_number"] or 1) > 1),
         "hosts": {h: len(v) for h, v in sorted(by_host.items())},
@@ -296,6 +304,8 @@ def summarise(run: dict, images: int) -> dict:
     cpu_stage_s = st["qa"]["task_seconds_sum"] + st["postprocess"]["task_seconds_sum"]
     return {
         "wall_s": run["wall_s"], "images_per_s": round(images / run["wall_s"], 3),
+        "time_to_first_reviewable_s": run["time_to_first_reviewable_s"],
+        "time_to_first_qa_checked_s": run["time_to_first_qa_checked_s"],
         "tasks": run["task_instances"],
         "queued_to_running_median_s": run["queued_to_running_s"]["all"]["median"],
         "queued_to_running_p95_s": run["queued_to_running_s"]["all"]["p95"],
@@ -346,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                 run["summary"] = summarise(run, args.images)
                 print(json.dumps(run["summary"]), flush=True)
                 results.append(run)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip()
     result = {
-        "stage": "scale", "images": args.images, "per_task": args.per_task, "steps": args.steps,
+        "stage": "scale", "commit": commit, "images": args.images, "per_task": args.per_task, "steps": args.steps,
         "size": args.size, "seeds_per_variant": 2, "gpu_workers": 1, "gpu_pool_slots": 1,
         "celery_pool": "solo", "executor": "CeleryExecutor",
         "machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -26,7 +26,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import HOST, ServerUnavailable, admin_connect, free_port, moto_server, postgres_server
+from tests.support.servers import (
+    HOST,
+    ServerUnavailable,
+    admin_connect,
+    free_port,
+    moto_server,
+    postgres_server,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -277,7 +284,8 @@ def local_stack(workdir: Path, *, default_workers: int = 1, default_concurrency:
         env.update({
             "AIRFLOW_HOME": str(workdir / "airflow"),
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `airflow` for its own children
-            "PYTHONPATH": str(ROOT),  # worker_hostname above, imported by the workers
+            # worker_hostname above, imported by the workers (after the caller's own path)
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
             "PYTHONUNBUFFERED": "1",
             "NO_PROXY": no_proxy, "no_proxy": no_proxy,
             # Loopback only, on free ports: the scheduler's health server binds 0.0.0.0:8974

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import airflow_env  # noqa: F401  (must precede airflow imports)
+from tests.support import airflow_env  # noqa: F401  (must precede airflow imports)
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = ROOT / "dags" / "campaigns.py"
@@ -68,10 +68,10 @@ def test_spec_routing_wins_over_the_deployment(monkeypatch, tmp_path):
     ((None, None), {"DARKROOM_GPU_QUEUE": "", "DARKROOM_GPU_POOL": "gpu"}, {"pool": "gpu"}),
 ], ids=["nothing", "env-queue", "spec-wins", "empty-env-ignored"])
 def test_gpu_routing(monkeypatch, spec, env, expected):
-    from darkroom.config import gpu_routing
+    from darkroom.config import Settings
 
     for key in ("DARKROOM_GPU_QUEUE", "DARKROOM_GPU_POOL"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert gpu_routing(*spec) == expected
+    assert Settings.from_env().gpu_routing(*spec) == expected

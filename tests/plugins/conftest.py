@@ -8,8 +8,6 @@ per-test ``$DARKROOM_HOME`` the autouse fixture sets.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import shutil
@@ -23,15 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.servers import HOST, free_port
+from tests.support.campaigns import write_campaign
+from tests.support.servers import HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-#: Lands in the prompt through the product's colour and name: must come out escaped.
-XSS = '<img src=x onerror="window.__xss=1">'
-XSS_NAME = "<script>window.__xss=2</script> mug"
 
 
 @dataclass
@@ -47,31 +42,10 @@ class Filled:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from darkroom.tiny_model import build_tiny_pipeline
+    from darkroom.devtools.tiny_model import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("models") / "tiny-sd"
     build_tiny_pipeline(path)  # in-process: the stages below load torch here anyway
-    return path
-
-
-def write_campaign(folder: Path, campaign_id: str = "gallery_test") -> Path:
-    """spring_tiles, with a hostile product row and absolute paths to the shared files."""
-    spec = yaml.safe_load((ROOT / "include/campaigns/spring_tiles.yaml").read_text())
-    csv_lines = (ROOT / "include/campaigns/spring_tiles.products.csv").read_text().splitlines()
-    header, first, *rest = csv_lines
-    sku, _name, category, _colour, material, price = first.split(",")
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([sku, XSS_NAME, category, XSS, material, price])
-    (folder / "products.csv").write_text("\n".join([header, buf.getvalue().rstrip("\n"), *rest]) + "\n")
-    spec.update(id=campaign_id)
-    spec["products"]["source"] = str(folder / "products.csv")
-    spec["products"]["expectations"] = str(ROOT / "include/expectations/spring_tiles.json")
-    spec["brand"]["restricted_terms_file"] = str(ROOT / "include/brand/restricted_terms.txt")
-    spec["publish"] = [{"kind": "folder", "path": str(folder / "dam")}]
-    # Noise from the tiny model passes or fails blur checks by chance: keep QA deterministic.
-    spec["qa"] = {"checks": {"dimensions": {}, "duplicate": {"enabled": False}}}
-    path = folder / f"{campaign_id}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
@@ -81,8 +55,9 @@ def fill_catalog(home: Path, tiny: Path, *, catalog_url: str | None = None, limi
 
     Every asset passes QA except the last, marked failed (``failed_qa``) so the gallery
     shows a reason."""
-    from darkroom import stages
     from darkroom.config import Settings
+    from darkroom.stages import generate, plan, postprocess, qa, track
+    from darkroom.stages.context import RunContext
 
     home.mkdir(parents=True, exist_ok=True)
     spec_path = write_campaign(home)
@@ -93,13 +68,13 @@ def fill_catalog(home: Path, tiny: Path, *, catalog_url: str | None = None, limi
     from darkroom.spec import load_spec
 
     dag_id = load_spec(spec_path).spec.dag_id
-    ctx = stages.RunContext.open(spec_path, dag_id, run_id, conf={"limit": limit}, settings=settings)
+    ctx = RunContext.open(spec_path, dag_id, run_id, conf={"limit": limit}, settings=settings)
     _ = ctx.run_pk  # registers the campaign and run rows, as validate_inputs would first
-    for batch in stages.expand_prompts(ctx):
-        stages.generate(ctx, batch)
-        stages.run_qa(ctx, batch)
-        stages.postprocess(ctx, batch)
-    from darkroom.models import Asset, AssetStatus, QAResult
+    for batch in plan.run(ctx):
+        generate.run(ctx, batch)
+        qa.run(ctx, batch)
+        postprocess.run(ctx, batch)
+    from darkroom.catalog.tables import Asset, AssetStatus, QAResult
     from sqlalchemy import select
 
     with ctx.catalog.session() as s:
@@ -117,7 +92,7 @@ def fill_catalog(home: Path, tiny: Path, *, catalog_url: str | None = None, limi
             row.detail = "variance of Laplacian 3.2 < 20.0: blurry"
             if hasattr(row, "status"):
                 row.status = "fail"
-    stages.contact_sheet(ctx)
+    track.contact_sheet(ctx)
     return Filled(home, settings.catalog_url, spec_path, dag_id, run_id, settings, ids)
 
 

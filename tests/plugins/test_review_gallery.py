@@ -11,10 +11,10 @@ import json
 
 import pytest
 from darkroom.catalog import Catalog
-from darkroom.models import Asset, AssetStatus, Review
+from darkroom.catalog.tables import Asset, AssetStatus, Review
 from sqlalchemy import func, select
 
-from tests.plugins.conftest import XSS, XSS_NAME
+from tests.support.campaigns import XSS, XSS_NAME
 
 pytestmark = pytest.mark.e2e  # starts Airflow's API server
 
@@ -180,8 +180,9 @@ def test_reviewer_decides_by_clicking_in_headless_chromium(server, filled, tmp_p
     import os
     import shutil
 
-    from darkroom import stages
-    from darkroom.models import Publication
+    from darkroom.catalog.tables import Publication
+    from darkroom.stages import publish
+    from darkroom.stages.context import RunContext
 
     from tests.conftest import unavailable
     from tests.plugins.browser import Chromium
@@ -236,11 +237,11 @@ def test_reviewer_decides_by_clicking_in_headless_chromium(server, filled, tmp_p
     assert (latest[reject_id].decision, latest[reject_id].reviewer) == ("rejected", "admin")
 
     # The rest of the DAG run: publish takes exactly what was approved.
-    ctx = stages.RunContext.open(filled.spec_path, filled.dag_id, filled.run_id, settings=filled.settings)
+    ctx = RunContext.open(filled.spec_path, filled.dag_id, filled.run_id, settings=filled.settings)
     with ctx.catalog.session() as s:
         approved = {a.id for a in s.scalars(select(Asset).where(Asset.status == AssetStatus.approved))}
     assert approve_id in approved and reject_id not in approved
-    stages.publish(ctx)
+    publish.run(ctx)
     with ctx.catalog.session() as s:
         published = {p.derivative.asset_id for p in s.scalars(select(Publication))}
     assert published == approved

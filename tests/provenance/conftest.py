@@ -4,26 +4,26 @@ watermark), signed published files in a DAM folder."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
-from darkroom import stages
+from darkroom.catalog.tables import Asset, Derivative
 from darkroom.config import Settings
-from darkroom.models import Asset, Derivative
+from darkroom.stages import approve, plan, sequence, validate
+from darkroom.stages import publish as publish_stage
+from darkroom.stages.context import RunContext
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-ROOT = Path(__file__).resolve().parents[2]
-CAMPAIGNS = ROOT / "include" / "campaigns"
+from tests.support.campaigns import small_spec
+
 APPROVER, NOTE = "ann", "colours match the brief"
 
 
 @dataclass
 class Published:
-    ctx: stages.RunContext
+    ctx: RunContext
     settings: Settings
     dam: Path
     spec_path: Path
@@ -43,36 +43,29 @@ class Published:
 
 def write_spec(folder: Path, mutate=None) -> Path:
     """spring_tiles, one seed per product, a third channel: PNG without the watermark."""
-    data = yaml.safe_load((CAMPAIGNS / "spring_tiles.yaml").read_text())
-    data["brand"]["restricted_terms_file"] = str(ROOT / "include" / "brand" / "restricted_terms.txt")
-    data["products"]["expectations"] = str(ROOT / "include" / "expectations" / "spring_tiles.json")
-    shutil.copy(CAMPAIGNS / "spring_tiles.products.csv", folder / "products.csv")
-    data["products"]["source"] = str(folder / "products.csv")
-    data["generation"].update(seeds_per_variant=1, variants_per_task=4)
-    data["channels"]["plain"] = {"width": 300, "height": 300, "format": "png", "watermark": False}
-    data["asset_types"][0]["channels"] = ["web_tile", "marketplace", "plain"]
-    # The tiny model's noise passes or fails blur checks by chance: keep QA deterministic.
-    data["qa"] = {"checks": {"dimensions": {}, "duplicate": {"enabled": False}}}
-    if mutate:
-        mutate(data)
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    def provenance_campaign(data: dict) -> None:
+        data["generation"].update(variants_per_task=4)
+        data["channels"]["plain"] = {"width": 300, "height": 300, "format": "png", "watermark": False}
+        data["asset_types"][0]["channels"] = ["web_tile", "marketplace", "plain"]
+        # The tiny model's noise passes or fails blur checks by chance: keep QA deterministic.
+        data["qa"] = {"checks": {"dimensions": {}, "duplicate": {"enabled": False}}}
+        if mutate:
+            mutate(data)
+
+    return small_spec(folder, provenance_campaign)
 
 
 def run_and_publish(folder: Path, limit: int = 2, mutate=None, publish: bool = True) -> Published:
     spec_path = write_spec(folder, mutate)
     settings = Settings.from_env()
-    ctx = stages.RunContext.open(spec_path, "campaign__spring_tiles", "manual__1", {"limit": limit},
-                                 settings=settings)
-    stages.validate_inputs(ctx)
-    for batch in stages.expand_prompts(ctx):
-        stages.generate(ctx, batch)
-        stages.run_qa(ctx, batch)
-        stages.postprocess(ctx, batch)
-    stages.settle_undecided(ctx, "approve", APPROVER, NOTE)
+    ctx = RunContext.open(spec_path, "campaign__spring_tiles", "manual__1", {"limit": limit},
+                          settings=settings)
+    validate.run(ctx)
+    for batch in plan.run(ctx):
+        sequence.run_batch(ctx, batch)
+    approve.settle_undecided(ctx, "approve", APPROVER, NOTE)
     if publish:
-        stages.publish(ctx)
+        publish_stage.run(ctx)
     return Published(ctx, settings, settings.home / "published" / "dam", spec_path)  # the spec's folder
 
 

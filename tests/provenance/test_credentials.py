@@ -9,12 +9,14 @@ import json
 
 import c2pa
 import pytest
-from darkroom import __version__, stages
+from darkroom import __version__
+from darkroom.catalog.tables import Asset, AssetStatus, Publication
 from darkroom.config import Settings
-from darkroom.models import Asset, AssetStatus, Publication
 from darkroom.provenance import credentials
-from darkroom.provenance.signing import PublishRefused
 from darkroom.provenance.xmp import DIGITAL_SOURCE_TYPE
+from darkroom.stages import publish
+from darkroom.stages.context import RunContext
+from darkroom.stages.sign import PublishRefused
 
 from tests.provenance.conftest import APPROVER, NOTE, run_and_publish
 
@@ -80,15 +82,15 @@ def test_publishing_refuses_files_whose_credentials_do_not_verify(tmp_path, use_
     monkeypatch.setenv("DARKROOM_C2PA_TRUST_ANCHORS", str(other / "ca.pem"))
     pub = run_and_publish(tmp_path, limit=1, publish=False)
     with pytest.raises(PublishRefused, match="read back as valid"):
-        stages.publish(pub.ctx)
+        publish.run(pub.ctx)
     assert not list(pub.dam.rglob("*.jpg")) and not list(pub.dam.rglob("*.webp"))
     with pub.ctx.catalog.session() as s:
         assert s.query(Publication).count() == 0
         assert {a.status for a in s.query(Asset)} == {AssetStatus.approved}  # claim released
     # With the right anchor the same run publishes, signed by the configured key, not the test CA.
     monkeypatch.setenv("DARKROOM_C2PA_TRUST_ANCHORS", str(mine / "ca.pem"))
-    ctx = stages.RunContext.open(pub.spec_path, pub.ctx.dag_id, pub.ctx.run_id, settings=Settings.from_env())
-    assert stages.publish(ctx)["files"] == 3
+    ctx = RunContext.open(pub.spec_path, pub.ctx.dag_id, pub.ctx.run_id, settings=Settings.from_env())
+    assert publish.run(ctx)["files"] == 3
     assert not (ctx.settings.home / "c2pa").exists()
     data = next(pub.dam.rglob("*.jpg")).read_bytes()
     assert credentials.read(data, (mine / "ca.pem").read_bytes()).state == "trusted"

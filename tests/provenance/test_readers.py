@@ -15,14 +15,17 @@ from pathlib import Path
 import piexif
 import piexif.helper
 import pytest
-from darkroom import imaging, stages
-from darkroom.inference import local_model_digest
+from darkroom import imaging
+from darkroom.generation.models import local_model_digest
 from darkroom.provenance import xmp
+from darkroom.stages import track, validate
+from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri, sha256_bytes
 from PIL import Image
 
 from tests.conftest import unavailable
-from tests.provenance.conftest import APPROVER, ROOT, run_and_publish, write_spec
+from tests.provenance.conftest import APPROVER, run_and_publish, write_spec
+from tests.support.campaigns import ROOT
 
 IPTC_AI = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 # A1111's infotext settings: `key: value` pairs, a value quoted when it holds separators.
@@ -188,7 +191,7 @@ def test_mlflow_samples_keep_their_chunks_and_products_are_a_dataset(tmp_path, u
     from darkroom.products import load_products_frame
 
     pub = run_and_publish(tmp_path, limit=2, publish=False)
-    run_id = stages.track(pub.ctx)["mlflow_run_id"]
+    run_id = track.run(pub.ctx)["mlflow_run_id"]
     mlflow.set_tracking_uri(pub.settings.mlflow_tracking_uri)
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="samples",
                                                       dst_path=str(tmp_path / "dl")))
@@ -216,8 +219,8 @@ def test_the_stored_validation_report_is_great_expectations_own(tmp_path):
     photo = shutil.copy(ROOT / "include" / "brand" / "references" / "studio_1.png", tmp_path)
     lines = csv.read_text().splitlines()
     csv.write_text("\n".join([lines[0] + ",photo", *[f"{x},{photo}" for x in lines[1:]]]) + "\n")
-    ctx = stages.RunContext.open(spec, "campaign__spring_tiles", "manual__1", settings=Settings.from_env())
-    stages.validate_inputs(ctx)
+    ctx = RunContext.open(spec, "campaign__spring_tiles", "manual__1", settings=Settings.from_env())
+    validate.run(ctx)
     page = read_uri(ctx.storage.uri_for(ctx.key("validation.html"))).decode()
     assert "Data documentation compiled by Great Expectations" in page  # GX's page template
     assert "must never be null" in page  # GX's renderer wording for expect_column_values_to_not_be_null

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 
 import numpy as np
-from darkroom.cli import app
 from darkroom.provenance import watermark
-from darkroom.provenance.verify import verify
+from darkroom.stages.verify import verify
+from darkroom_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from darkroom.catalog import Catalog
-from darkroom.models import Derivative
+from darkroom.catalog.tables import Derivative
 from darkroom.storage import read_uri
 from PIL import Image
 from sqlalchemy import select

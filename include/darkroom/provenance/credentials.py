@@ -17,6 +17,7 @@ readers trust.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import io
 import json
@@ -112,7 +113,7 @@ def ensure_test_ca(folder: Path) -> Path:
     signer-chain.pem (leaf, then CA), signer.key. Concurrent callers get the same CA."""
     if (folder / "signer.key").is_file():
         return folder
-    from cryptography import x509
+    from cryptography import x509  # only to make the test CA, once per $DARKROOM_HOME
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -221,8 +222,6 @@ def derivative_manifest(darkroom: dict, channel, approval: dict, title: str, fmt
     ]
     mark = darkroom.get("watermark")
     if mark:  # the watermark as C2PA's soft binding: the key it carries, the method that reads it
-        import base64
-
         assertions.append({"label": "c2pa.soft-binding", "data": {
             "alg": f"{SOFT_BINDING_ALG}.{mark['method']}",
             "blocks": [{"scope": {}, "value": base64.b64encode(bytes.fromhex(mark["key"])).decode()}]}})
@@ -233,7 +232,7 @@ def derivative_manifest(darkroom: dict, channel, approval: dict, title: str, fmt
 # -- signing and reading -----------------------------------------------------------------
 
 def _context(anchors: bytes | None = None, *, building: bool = False):
-    import c2pa
+    import c2pa  # its native library: only publish and verify load it
 
     config: dict = {"verify": {"verify_trust": True}}
     if anchors:

@@ -22,7 +22,7 @@ got 2-12 bits wrong; dwtDctSvd on it lost JPEG q75 and every bit on white backgr
 Verification reads both and takes the closer key.
 
 Limits, stated: a few bits may come back wrong, so matching is by Hamming distance and is
-weighed with a perceptual hash (darkroom.provenance.verify); crops beyond ~10%, rotation,
+weighed with a perceptual hash (darkroom.provenance.evidence); crops beyond ~10%, rotation,
 mirroring, heavy filters and images shrunk below 256 px lose both marks; derivatives whose
 short side is under 256 px get none (the library refuses them). The marks change pixel values
 slightly (PSNR ~37-40 dB; side by side with the unmarked file, a faint halo or tint can be
@@ -76,7 +76,7 @@ def _riva():
     """invisible-watermark's RivaGAN with its ONNX sessions loaded once per process. A pool
     worker (postprocess runs one per core) runs ONNX on one thread: its siblings have the
     other cores."""
-    import onnxruntime
+    import onnxruntime  # the model runtime, and imwatermark imports torch (~2 s): on first use
     from imwatermark import rivaGan
 
     opts = onnxruntime.SessionOptions()
@@ -98,7 +98,7 @@ def _bgr(img: Image.Image) -> np.ndarray:
 def _at(img: Image.Image, side: int, mark, strength: float = 1.0) -> Image.Image:
     """``img`` with ``mark`` (BGR array -> marked BGR array) applied to a side x side copy,
     the change (times ``strength``) upscaled and added at full size."""
-    import cv2
+    import cv2  # OpenCV: loaded with imwatermark anyway, only by processes that mark
 
     small = img.resize((side, side), Image.Resampling.BICUBIC)
     marked = mark(_bgr(small))[:, :, ::-1]
@@ -113,7 +113,7 @@ RIVA_STRENGTH = 1.0  # see the module docstring: half strength was measured, and
 def embed(img: Image.Image, key: str) -> Image.Image:
     """``img`` with ``key`` hidden in it twice (RivaGAN, then dwtDctSvd), alpha kept.
     Deterministic: same pixels, same key, same output."""
-    from imwatermark.dwtDctSvd import EmbedDwtDctSvd
+    from imwatermark.dwtDctSvd import EmbedDwtDctSvd  # torch comes with it (see _riva)
 
     if not can_carry(img.size):
         raise ValueError(f"a {img.width}x{img.height} image is too small for the watermark "
@@ -129,7 +129,7 @@ def embed(img: Image.Image, key: str) -> Image.Image:
 def decode(img: Image.Image) -> list[str]:
     """The keys the two marks read from ``img`` (RivaGAN's, dwtDctSvd's; some bits may be
     wrong, and an unmarked image reads as noise); none when it is too small to have kept one."""
-    from imwatermark.dwtDctSvd import EmbedDwtDctSvd
+    from imwatermark.dwtDctSvd import EmbedDwtDctSvd  # torch comes with it (see _riva)
 
     if min(img.size) < RIVA_SIDE // 2:  # shrunk far below the working sizes: nothing to read
         return []

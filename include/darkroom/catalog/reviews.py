@@ -1,0 +1,205 @@
+"""Human decisions on assets. Each decision is an audit-logged row in ``review``.
+
+The rule for the current state, with the campaign's ``approval.quorum`` of 1 (the default):
+an asset's decision is its newest review row (highest id); the asset's status mirrors it.
+With a quorum of N > 1, each reviewer's latest row counts: any rejection rejects the asset,
+N distinct approvals approve it, and until then it keeps waiting. Policy decisions (the
+timeout policy, ``approval.required: false``) are final and count as a quorum on their own.
+
+Deciding locks the asset row (``SELECT ... FOR UPDATE`` on PostgreSQL, the database write
+lock on SQLite), so two reviewers deciding the same asset at once are serialized: both rows
+are kept and the status follows the rule above. A decision on an asset that has moved on
+(published, failed QA, failed, or superseded by a newer version) is refused with
+:class:`AssetMovedOn`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
+
+from darkroom.catalog.db import Catalog
+from darkroom.catalog.lineage import asset_record
+from darkroom.catalog.runs import RunRef
+from darkroom.catalog.runs import get as get_run
+from darkroom.catalog.tables import (
+    REVIEWABLE,
+    Asset,
+    AssetStatus,
+    Campaign,
+    Derivative,
+    QAResult,
+    Review,
+    Run,
+)
+from darkroom.errors import ReviewError
+
+DECISIONS = {"approve": AssetStatus.approved, "approved": AssetStatus.approved,
+             "reject": AssetStatus.rejected, "rejected": AssetStatus.rejected}
+DECIDABLE = (*REVIEWABLE, AssetStatus.approved, AssetStatus.rejected)
+MAX_NOTE = 4000
+
+
+class BadDecision(ReviewError):
+    """The request itself is wrong (unknown decision word, no reviewer, note too long)."""
+
+
+class AssetNotFound(ReviewError):
+    """No asset with that id in the catalog."""
+
+
+class AssetMovedOn(ReviewError):
+    """The asset is past the point where a decision means anything (HTTP 409)."""
+
+
+def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: str = "", *,
+           quorum: int | None = None) -> Review:
+    """Record one decision; return its review row.
+
+    :raises BadDecision: ``decision`` is not approve/reject, no reviewer, or the note is too long.
+    :raises AssetNotFound: no such asset.
+    :raises AssetMovedOn: the asset is published, superseded, failed or failed QA.
+    """
+    if decision not in DECISIONS:
+        raise BadDecision(f"decision {decision!r} is not one of approve, reject")
+    if not reviewer:
+        raise BadDecision("a decision needs a reviewer")
+    note = note or ""
+    if len(note) > MAX_NOTE:
+        raise BadDecision(f"note is {len(note)} characters; keep it under {MAX_NOTE}")
+    status = DECISIONS[decision]
+    with catalog.session() as s:
+        # Take the write lock before reading, so two reviewers serialize and the second reads
+        # the first one's decision: a no-op UPDATE does it on SQLite (no row locks; its write
+        # lock is per database), FOR UPDATE on PostgreSQL. Reading first on SQLite could see a
+        # stale status, and an unchanged attribute emits no UPDATE: a lost decision.
+        s.execute(update(Asset).where(Asset.id == asset_id).values(status=Asset.status))
+        asset = s.scalar(select(Asset).where(Asset.id == asset_id).with_for_update())
+        if asset is None:
+            raise AssetNotFound(f"no asset {asset_id!r}; `darkroom review list` shows the waiting ones")
+        newer = s.scalar(select(Asset.id).where(Asset.supersedes_id == asset.id))
+        if newer:
+            raise AssetMovedOn(f"asset {asset_id} was superseded by {newer}; review that one")
+        if asset.status not in DECIDABLE:
+            raise AssetMovedOn(f"asset {asset_id} is {asset.status}; only assets that passed QA "
+                               "and are not yet published take a decision")
+        row = Review(asset_id=asset.id, decision=status.value, reviewer=reviewer, note=note)
+        s.add(row)
+        s.flush()
+        asset.status = _status_after(s, asset, _quorum(s, asset) if quorum is None else quorum)
+        s.flush()
+        return row
+
+
+def _quorum(s, asset: Asset) -> int:
+    """The campaign's approval.quorum, from the spec the run was made with."""
+    campaign = s.scalar(select(Campaign).join(Run, Run.campaign_id == Campaign.id)
+                        .where(Run.id == asset.run_pk))
+    return int(((campaign.spec_body if campaign else {}) or {}).get("approval", {}).get("quorum", 1))
+
+
+def _status_after(s, asset: Asset, quorum: int) -> AssetStatus:
+    rows = list(s.scalars(select(Review).where(Review.asset_id == asset.id).order_by(Review.id)))
+    if quorum <= 1:
+        return DECISIONS[rows[-1].decision]
+    latest = {r.reviewer: r.decision for r in rows}  # each reviewer's newest decision
+    if AssetStatus.rejected in latest.values():
+        return AssetStatus.rejected
+    if sum(d == AssetStatus.approved for d in latest.values()) >= quorum:
+        return AssetStatus.approved
+    # Still waiting for more approvals: keep (or go back to) the outcome QA gave it.
+    if asset.status in REVIEWABLE:
+        return AssetStatus(asset.status)
+    borderline = s.scalar(select(QAResult.id).where(
+        QAResult.asset_id == asset.id, QAResult.status.in_(["borderline", "not_run"])).limit(1))
+    return AssetStatus.needs_review if borderline else AssetStatus.qa_passed
+
+
+def waiting_ids(catalog: Catalog, run_pk: int) -> list[str]:
+    """The run's assets that wait for a decision (the set the approval sensor counts)."""
+    with catalog.session() as s:
+        return list(s.scalars(select(Asset.id).where(
+            Asset.run_pk == run_pk, Asset.status.in_(list(REVIEWABLE))).order_by(Asset.id)))
+
+
+def waiting(catalog: Catalog, campaign: str | None = None, run_id: str | None = None) -> list[Asset]:
+    with catalog.session() as s:
+        q = select(Asset).join(Run, Run.id == Asset.run_pk).where(Asset.status.in_(list(REVIEWABLE)))
+        if campaign:
+            q = q.where(Run.campaign_id == campaign)
+        if run_id:
+            q = q.where(Run.run_id == run_id)
+        assets = list(s.scalars(q.order_by(Asset.created_at)))
+        for a in assets:
+            _ = a.variant, a.qa_results
+        return assets
+
+
+# -- reading, for the gallery, the JSON API and `darkroom review show` --------------------
+
+def asset_run(catalog: Catalog, asset_id: str) -> RunRef:
+    """The run an asset belongs to (whose DAG decides who may see and decide it)."""
+    with catalog.session() as s:
+        row = s.execute(select(Run).join(Asset, Asset.run_pk == Run.id)
+                        .where(Asset.id == asset_id)).scalar()
+        if row is None:
+            raise AssetNotFound(f"no asset {asset_id!r}")
+        run_pk = row.id
+    return get_run(catalog, run_pk)
+
+
+def show(catalog: Catalog, asset_id: str) -> dict:
+    """Everything about one asset: lineage, QA, every review row (the audit log)."""
+    with catalog.session() as s:
+        a = s.scalar(select(Asset).where(Asset.id == asset_id).options(
+            selectinload(Asset.qa_results), selectinload(Asset.reviews), selectinload(Asset.variant),
+            selectinload(Asset.derivatives).selectinload(Derivative.publications)))
+        if a is None:
+            raise AssetNotFound(f"no asset {asset_id!r}; `darkroom assets search --json` lists them")
+        run = s.get(Run, a.run_pk)
+        record = asset_record(a, run)
+        record["reviews"] = [{"id": r.id, "decision": r.decision, "reviewer": r.reviewer,
+                              "note": r.note, "at": r.at} for r in a.reviews]
+        record["superseded_by"] = s.scalar(select(Asset.id).where(Asset.supersedes_id == a.id))
+        record["channels"] = list(a.variant.channels)
+        record["variant_params"] = a.variant.params
+        return record
+
+
+def run_assets(catalog: Catalog, run: RunRef, *, status: str | None = None,
+               channel: str | None = None) -> list[dict]:
+    """Every asset of a run that has an image, for the gallery, filtered by status/channel."""
+    with catalog.session() as s:
+        q = (select(Asset).where(Asset.run_pk == run.pk, Asset.uri.is_not(None))
+             .options(selectinload(Asset.qa_results), selectinload(Asset.reviews),
+                      selectinload(Asset.variant),
+                      selectinload(Asset.derivatives).selectinload(Derivative.publications))
+             .order_by(Asset.created_at, Asset.id))
+        if status:
+            q = q.where(Asset.status == status)
+        db_run = s.get(Run, run.pk)
+        out = []
+        for a in s.scalars(q):
+            if channel and channel not in a.variant.channels:
+                continue
+            rec = asset_record(a, db_run)
+            rec["channels"] = list(a.variant.channels)
+            rec["reviews"] = [{"id": r.id, "decision": r.decision, "reviewer": r.reviewer,
+                               "note": r.note, "at": r.at} for r in a.reviews]
+            rec["failed_checks"] = [q for q in rec["qa"] if not q["passed"]]
+            out.append(rec)
+        return out
+
+
+def file_uri(catalog: Catalog, asset_id: str, kind: str) -> str:
+    """The catalog's URI for an asset's original (``kind="original"``) or a channel's
+    derivative (``kind=<channel>``). Only URIs recorded in the catalog are ever returned."""
+    with catalog.session() as s:
+        if kind == "original":
+            uri = s.scalar(select(Asset.uri).where(Asset.id == asset_id))
+        else:
+            uri = s.scalar(select(Derivative.uri).where(Derivative.asset_id == asset_id,
+                                                        Derivative.channel == kind))
+    if not uri:
+        raise AssetNotFound(f"asset {asset_id!r} has no {kind!r} file in the catalog")
+    return uri

@@ -1,0 +1,189 @@
+"""expand_prompts: templates x product rows x asset types x locales x seeds -> variants with
+stable ids, stored in the catalog with this run's plan, chunked into the batches the DAG maps
+over. Each planned variant carries the backend the spec's routing rules chose for it, so the
+GPU workers never read the product source.
+
+Variant ids are hashes of their identity, so a re-run (or a scheduled refresh) finds the
+variants it already has, stores only the new ones, and generate skips what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections import Counter
+
+from darkroom import confine, prompts
+from darkroom.catalog import assets, runs
+from darkroom.config import PROJECT_ROOT
+from darkroom.errors import PolicyError, ValidationFailed
+from darkroom.generation import routing
+from darkroom.products import frame_to_rows
+from darkroom.stages.context import RunContext
+from darkroom.storage import read_uri, sha256_bytes
+
+log = logging.getLogger("darkroom")
+
+BENCH_FILE = PROJECT_ROOT / "docs" / "bench" / "generate.json"
+
+
+def run(ctx: RunContext) -> list[int]:
+    """Plan the run; return the batch numbers to map over (none for a dry run)."""
+    # 1. Render products x asset types x locales x vary combinations x seeds.
+    rows = frame_to_rows(ctx.products_frame())
+    variants = prompts.render_variants(ctx.loaded, rows, seed_offset=ctx.conf.seed_offset,
+                                       inputs=input_images(ctx, rows))
+    variants = select_variants(ctx, variants)
+    # 2. Policy: a restricted term rejects that variant only, naming the term and its field.
+    allowed, rejected, terms = apply_policy(ctx, variants)
+    # 3. Batches: never more mapped tasks than the spec's ceiling.
+    g = ctx.spec.generation
+    batches = prompts.chunk(allowed, g.variants_per_task, g.max_mapped_tasks)
+    # 4. Routing: each variant's backend, from its facts (product columns when rules ask).
+    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, rows))
+    # 5. Store new variants and the run's plan, in bulk.
+    new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected, routes)
+    done = runs.already_generated(ctx.catalog, [v.id for v in allowed])
+    to_generate = len(allowed) - len(done)
+    # 6. The plan as text (estimated GPU time and cost) and the run's summary.
+    size = len(batches[0]) if batches else 0
+    text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), new=to_generate, size=size)
+    new_allowed = sum(1 for v in allowed if v.id in new)
+    runs.update_summary(ctx.catalog, ctx.run_pk, planned=len(allowed), policy_rejected=len(rejected),
+                        policy_terms=dict(terms), new_variants=new_allowed, to_generate=to_generate,
+                        batches=len(batches), plan=text)
+    log.info("Planned %d variants (%d new, %d to generate, %d rejected by policy) in %d batches of up to %d",
+             len(allowed), new_allowed, to_generate, len(rejected), len(batches), size)
+    if ctx.conf.dry_run:
+        log.info("Dry run: stopping after the plan.\n%s", text)
+        return []
+    return list(range(len(batches)))
+
+
+def input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
+    """Each product's reference (and mask) image for image2image, inpaint and IP-Adapter:
+    where it is and its checksum. Empty when the campaign is text-to-image only."""
+    g, p = ctx.spec.generation, ctx.spec.products
+    if g.mode == "text2image" and not g.ip_adapter:
+        return {}
+    columns = [("reference", p.reference_image_column)]
+    if g.mode == "inpaint":
+        columns.append(("mask", p.mask_image_column))
+    out: dict[str, dict] = {}
+    for row in rows:
+        pid = str(row[p.id_column])
+        entry = {}
+        for key, column in columns:
+            value = row.get(column)
+            if value is None or str(value).strip() == "":
+                raise ValidationFailed(
+                    f"{ctx.loaded.path}: product {pid} has no {key} image (column {column!r} is "
+                    f"empty) but generation.mode is {g.mode}"
+                    + (" with ip_adapter" if g.ip_adapter else "")
+                    + "; fix: fill the column for every product, or remove the product")
+            value = str(value).strip()
+            try:
+                uri = ctx.loaded.image_uri(value, ctx.settings)
+            except confine.OutsideRoots as exc:
+                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                       f"{value!r}: {exc}") from None
+            try:
+                data = read_uri(uri, s3_client=ctx.s3)
+            except Exception as exc:
+                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                       f"{value!r}: cannot read {uri}: {exc}; fix: point it at an "
+                                       "existing file or s3:// object") from exc
+            entry[key] = {"uri": uri, "sha256": sha256_bytes(data)}
+        out[pid] = entry
+    return out
+
+
+def routing_rows(ctx: RunContext, rows: list[dict]) -> dict[str, dict] | None:
+    """Product id -> row with the spec's column map applied (rules may use the mapped names);
+    None when no routing rule tests a product column."""
+    if not routing.needs_products(ctx.spec):
+        return None
+    p = ctx.spec.products
+    out = {}
+    for row in rows:
+        product = dict(row)
+        for name, column in p.columns.items():
+            product[name] = row.get(column)
+        out[str(row[p.id_column])] = product
+    return out
+
+
+def select_variants(ctx: RunContext, variants: list) -> list:
+    """The Params' selection: only the listed variant ids (``darkroom regenerate --where``),
+    then at most ``limit`` of them."""
+    if ctx.conf.variants:
+        wanted = set(ctx.conf.variants)
+        variants = [v for v in variants if v.id in wanted]
+    if ctx.conf.limit:
+        variants = variants[: ctx.conf.limit]
+    return variants
+
+
+def apply_policy(ctx: RunContext, variants: list) -> tuple[list, list, Counter]:
+    """(allowed, rejected, terms): a variant with a restricted term is rejected, logged with
+    the term and the field it came from. Every variant rejected is an error."""
+    allowed = [v for v in variants if not v.violations]
+    rejected = [v for v in variants if v.violations]
+    terms = Counter(str(x) for v in rejected for x in v.violations)
+    for v in rejected:
+        log.warning("Variant %s (product %s, %s, seed %d) rejected by policy: %s", v.id, v.product_id,
+                    v.asset_type, v.seed, "; ".join(map(str, v.violations)))
+    if rejected:
+        log.warning("Policy rejected %d of %d variants: %s", len(rejected), len(variants),
+                    "; ".join(f"{t} x{n}" for t, n in terms.most_common()))
+    if variants and not allowed:
+        raise PolicyError(f"{ctx.loaded.path}: every variant broke the restricted-terms policy: "
+                          + "; ".join(sorted(terms)))
+    return allowed, rejected, terms
+
+
+def seconds_per_image(ctx: RunContext) -> tuple[float | None, str]:
+    """Seconds per image at this spec's size and steps: recorded generations in the catalog
+    first (the same work on the same kind of worker), else docs/bench/generate.json scaled by
+    steps and pixels, else unknown."""
+    g = ctx.spec.generation
+    values = assets.recent_generate_seconds(ctx.catalog, steps=g.steps, width=g.width, height=g.height)
+    if values:
+        return statistics.median(values), (f"median of the last {len(values)} recorded generations at "
+                                           f"{g.width}x{g.height}, {g.steps} steps")
+    try:
+        data = json.loads(BENCH_FILE.read_text("utf-8"))
+        best = max(data["runs"], key=lambda r: r["images_per_s"])
+        scale = (g.steps / data["steps"]) * (g.width * g.height) / (data["size"] ** 2)
+        return scale / best["images_per_s"], (
+            f"docs/bench/generate.json: {best['images_per_s']} images/s at {data['size']}px, "
+            f"{data['steps']} steps on {data.get('device')}, scaled by steps and pixels")
+    except (OSError, ValueError, KeyError, ZeroDivisionError):
+        return None, "no measured throughput yet: run `darkroom bench generate` or one real run"
+
+
+def plan_text(ctx: RunContext, n: int, batches: int, *, rejected: int = 0, new: int | None = None,
+              size: int = 0) -> str:
+    """The dry-run plan: variants, batches, derivatives, estimated GPU time and cost."""
+    g = ctx.spec.generation
+    new = n if new is None else new
+    per_variant = {at.name: len(at.channels) for at in ctx.spec.asset_types}
+    lines = [
+        f"Plan for {ctx.spec.id}: {n} variants ({new} to generate, {n - new} already generated; "
+        f"{rejected} rejected by policy), {batches} mapped task(s) per stage of up to {size} "
+        f"variants (ceiling {g.max_mapped_tasks}); {g.width}x{g.height}, {g.steps} steps; "
+        f"channels: {', '.join(ctx.spec.channels)} (up to {n * max(per_variant.values())} derivatives)",
+    ]
+    spi, source = seconds_per_image(ctx)
+    if spi is None:
+        lines.append(f"Estimated GPU time: unknown ({source})")
+    else:
+        hours = new * spi / 3600
+        price = ctx.settings.gpu_price(g.cost_per_gpu_hour)
+        where = ("generation.cost_per_gpu_hour" if g.cost_per_gpu_hour is not None
+                 else "DARKROOM_GPU_HOURLY_COST; a campaign sets its own with generation.cost_per_gpu_hour")
+        lines.append(f"Estimated GPU time for the {new} variants to generate: {hours * 3600:.1f} s "
+                     f"({hours:.3f} GPU-hours at {spi:.3f} s/image, from {source}); "
+                     f"cost {hours * price:.2f} at {price} per GPU-hour ({where})")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""postprocess: each QA-passed asset's channel derivatives (darkroom.postprocess recipes:
+crop or pad, resize, overlays, format), provenance carried into each; rendered in parallel
+over the machine's cores, streaming, each stored and recorded as it comes back. A model
+upscaler's output was made on the GPU queue (the upscale stage) and is only read here."""
+
+from __future__ import annotations
+
+import logging
+
+from darkroom import postprocess as recipes
+from darkroom.catalog import assets
+from darkroom.catalog.tables import REVIEWABLE, Asset
+from darkroom.parallel import default_workers, pool_size, process_map
+from darkroom.stages import upscale
+from darkroom.stages.brand import brand_channels
+from darkroom.stages.context import RunContext
+from darkroom.storage import read_uri
+
+log = logging.getLogger("darkroom")
+
+
+def run(ctx: RunContext, batch: int) -> dict:
+    """Make the batch's derivatives; return the counts (derivatives, assets, failed)."""
+    channels = brand_channels(ctx)
+    # 1. A recipe that cannot work (missing logo or font, no upscaler) fails the task now,
+    #    with the field to fix, instead of failing every asset one by one.
+    recipes.check_recipes(channels, model_upscaler=ctx.spec.generation.upscaler)
+    model_upscaled = ctx.spec.uses_model_upscaler
+    todo = assets.of_batch(ctx.catalog, ctx.run_pk, batch, REVIEWABLE)
+    largest = max((c.width * c.height for c in channels.values()), default=0)
+    workers = pool_size(len(todo), largest, ctx.spec.qa.workers or default_workers())
+    made = failed = 0
+    # 2. Render in worker processes; store each derivative and its row as it comes back.
+    work = jobs(ctx, todo, channels, model_upscaled)
+    for asset, res in process_map(recipes.render_all, work, workers=workers):
+        if isinstance(res, Exception):  # one bad original never stops the batch
+            log.error("Postprocess: asset %s failed: %s", asset.id, res)
+            assets.fail(ctx.catalog, asset.id, f"postprocess: {type(res).__name__}: {res}")
+            failed += 1
+            continue
+        for d in res:
+            store(ctx, asset, d)
+            made += 1
+    log.info("Postprocess batch %d: %d derivatives for %d assets, %d failed", batch, made, len(todo),
+             failed)
+    return {"batch": batch, "derivatives": made, "assets": len(todo), "failed": failed}
+
+
+def jobs(ctx: RunContext, todo: list[Asset], channels: dict, model_upscaled: bool):
+    """process_map jobs for render_all: the original, its channels' recipes (``channels``,
+    brand files resolved), its locale, and the model upscaler's output when the spec has one
+    and a channel needs it."""
+    for a in todo:
+        v = a.variant
+        original = read_uri(a.uri, s3_client=ctx.s3)
+        recipe = {n: channels[n] for n in v.channels}
+        kwargs = {"locale": (v.params or {}).get("locale")}
+        if model_upscaled and recipes.upscale_target(original, recipe):
+            kwargs["upscaled"] = upscale.upscaled_for(ctx, a) or recipes.Upscaled(
+                ctx.spec.generation.upscaler, recipes.upscale_target(original, recipe),
+                error="no model-upscaled original is recorded: the batch's upscale task did not run")
+        yield a, (original, recipe), kwargs
+
+
+def store(ctx: RunContext, asset: Asset, d: recipes.Rendered) -> None:
+    """One derivative into storage (``{campaign}/{run}/derivatives/{channel}/{variant}.{ext}``)
+    and its row into the catalog."""
+    stored = ctx.storage.put(ctx.key("derivatives", d.channel, f"{asset.variant_id}.{d.extension}"),
+                             d.data, f"image/{d.format}")
+    assets.record_derivative(ctx.catalog, asset.id, d.channel, stored, width=d.width, height=d.height,
+                             format=d.format, phash=d.phash, watermark=d.watermark,
+                             watermark_key=d.watermark_key)

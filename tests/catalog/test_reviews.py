@@ -1,0 +1,171 @@
+"""Review decisions: the audit log, the current-state rule, refusals, and concurrency.
+
+Catalog rows are made directly (a run, a variant, assets) so these tests need no model;
+the concurrent test runs real threads against SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from darkroom.catalog import Catalog, reviews, runs
+from darkroom.catalog.tables import Asset, AssetStatus, Campaign, Review, Run, Variant
+from sqlalchemy import select
+
+
+def _seed(catalog: Catalog, n: int = 3, status: str = AssetStatus.qa_passed) -> list[str]:
+    with catalog.session() as s:
+        s.add(Campaign(id="c", spec_hash="h", spec_path="/x.yaml", spec_body={}))
+        run = Run(campaign_id="c", dag_id="campaign__c", run_id="r1", spec_hash="h")
+        s.add(run)
+        s.flush()
+        ids = []
+        for i in range(n):
+            s.add(Variant(id=f"v{i}", campaign_id="c", product_id=f"P{i}", asset_type="tile",
+                          channels=["web"], template_version="t", prompt="p", seed=i, params={}))
+            s.add(Asset(id=f"a{i}", variant_id=f"v{i}", run_pk=run.id, status=status, uri=f"file:///a{i}.png",
+                        model_name="m", model_version="1", scheduler="ddim", steps=2, guidance=7.5,
+                        seed=i, backend="test"))
+            ids.append(f"a{i}")
+    return ids
+
+
+def test_each_decision_is_a_row_and_the_newest_wins(catalog_url):
+    cat = Catalog(catalog_url)
+    a, *_ = _seed(cat)
+    reviews.decide(cat, a, "approve", "ann", "ok")
+    reviews.decide(cat, a, "reject", "bob", "logo cut off")
+    shown = reviews.show(cat, a)
+    assert [(r["decision"], r["reviewer"], r["note"]) for r in shown["reviews"]] == [
+        ("approved", "ann", "ok"), ("rejected", "bob", "logo cut off")]
+    assert shown["status"] == AssetStatus.rejected and shown["review"]["reviewer"] == "bob"
+
+
+@pytest.mark.parametrize("status", [AssetStatus.published, AssetStatus.qa_failed, AssetStatus.failed])
+def test_decision_on_an_asset_that_moved_on_is_refused(catalog_url, status):
+    cat = Catalog(catalog_url)
+    a, *_ = _seed(cat, 1, status)
+    with pytest.raises(reviews.AssetMovedOn, match=str(status)):
+        reviews.decide(cat, a, "approve", "ann")
+    assert reviews.show(cat, a)["reviews"] == []
+
+
+def test_decision_on_a_superseded_asset_is_refused(catalog_url):
+    cat = Catalog(catalog_url)
+    a, b, _ = _seed(cat)
+    with cat.session() as s:
+        s.get(Asset, b).supersedes_id = a
+    with pytest.raises(reviews.AssetMovedOn, match=f"superseded by {b}"):
+        reviews.decide(cat, a, "approve", "ann")
+
+
+@pytest.mark.parametrize("args, error", [
+    (("a0", "maybe", "ann"), reviews.BadDecision),
+    (("a0", "approve", ""), reviews.BadDecision),
+    (("a0", "approve", "ann", "x" * (reviews.MAX_NOTE + 1)), reviews.BadDecision),
+    (("nope", "approve", "ann"), reviews.AssetNotFound),
+], ids=["bad-word", "no-reviewer", "long-note", "unknown-asset"])
+def test_bad_requests_are_refused(catalog_url, args, error):
+    cat = Catalog(catalog_url)
+    _seed(cat, 1)
+    with pytest.raises(error):
+        reviews.decide(cat, *args)
+
+
+def test_concurrent_decisions_are_all_kept_and_status_follows_the_newest(catalog_url):
+    cat = Catalog(catalog_url)
+    ids = _seed(cat, 2)
+    reviewers = 8
+    barrier = threading.Barrier(reviewers * len(ids))
+    errors: list[BaseException] = []
+
+    def one(asset_id: str, i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            reviews.decide(cat, asset_id, "approve" if i % 2 else "reject", f"r{i}", f"note {i}")
+        except BaseException as exc:  # collected: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(a, i)) for a in ids for i in range(reviewers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    with cat.session() as s:
+        for a in ids:
+            rows = list(s.scalars(select(Review).where(Review.asset_id == a).order_by(Review.id)))
+            assert sorted(r.reviewer for r in rows) == sorted(f"r{i}" for i in range(reviewers))
+            # The documented rule: the asset's status is the newest row's decision.
+            assert s.get(Asset, a).status == rows[-1].decision
+
+
+def test_run_assets_filters_and_file_uri_only_returns_catalog_uris(catalog_url):
+    cat = Catalog(catalog_url)
+    a, b, _ = _seed(cat)
+    reviews.decide(cat, a, "approve", "ann")
+    run = runs.find_run(cat, "campaign__c", "r1")
+    assert [r["asset_id"] for r in reviews.run_assets(cat, run, status="approved")] == [a]
+    assert reviews.run_assets(cat, run, channel="print") == []
+    assert len(reviews.run_assets(cat, run, channel="web")) == 3
+    assert reviews.file_uri(cat, b, "original") == "file:///a1.png"
+    with pytest.raises(reviews.AssetNotFound):
+        reviews.file_uri(cat, b, "../../etc/passwd")
+    assert reviews.asset_run(cat, b).dag_id == "campaign__c"
+    assert runs.recent_runs(cat, {"other"}) == []
+    assert runs.recent_runs(cat)[0]["waiting"] == 2
+
+
+@pytest.mark.postgres
+def test_a_decision_waits_for_the_asset_to_settle(catalog_url):
+    """Deterministic form of the race: the publish task holds the asset row while it marks
+    it published; a reviewer deciding at that moment must wait, see "published" and be
+    refused, never overwrite the status from a stale read."""
+    if not catalog_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite serializes whole write transactions")
+    cat = Catalog(catalog_url)
+    a, *_ = _seed(cat, 1, AssetStatus.approved)
+    outcome: list[object] = []
+
+    def reviewer() -> None:
+        try:
+            outcome.append(reviews.decide(cat, a, "reject", "bob"))
+        except reviews.ReviewError as exc:
+            outcome.append(exc)
+
+    with cat.session() as s:  # the publish task, mid-transaction
+        asset = s.scalar(select(Asset).where(Asset.id == a).with_for_update())
+        t = threading.Thread(target=reviewer)
+        t.start()
+        t.join(timeout=1.0)
+        assert t.is_alive(), "the decision did not wait for the asset row"
+        asset.status = AssetStatus.published
+    t.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], reviews.AssetMovedOn), outcome
+    with cat.session() as s:
+        assert s.get(Asset, a).status == AssetStatus.published
+        assert s.scalars(select(Review).where(Review.asset_id == a)).all() == []
+
+
+def test_cli_review_show_prints_the_audit_log(tmp_path, darkroom_home):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = f"sqlite:///{darkroom_home / 'catalog.db'}"
+    cat = Catalog(url)
+    a, *_ = _seed(cat, 1)
+    reviews.decide(cat, a, "approve", "ann", "[red]markup stays text[/]")
+    darkroom = str(Path(sys.executable).with_name("darkroom"))
+    env = {"DARKROOM_HOME": str(darkroom_home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    out = subprocess.run([darkroom, "review", "show", a], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "approved by ann" in out.stdout and "[red]markup stays text[/]" in out.stdout
+    data = json.loads(subprocess.run([darkroom, "review", "show", a, "--json"], env=env, capture_output=True,
+                                     text=True, timeout=120).stdout)
+    assert data["reviews"][0]["note"] == "[red]markup stays text[/]" and data["status"] == "approved"
+    missing = subprocess.run([darkroom, "review", "show", "nope"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode != 0 and "no asset 'nope'" in missing.stderr

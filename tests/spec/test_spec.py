@@ -1,0 +1,102 @@
+"""Campaign specs: valid examples load; bad ones fail naming the file, field, value and fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from darkroom.errors import SpecError
+from darkroom.spec import find_spec, json_schema, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CAMPAIGNS = ROOT / "include" / "campaigns"
+
+
+@pytest.mark.parametrize("name", ["spring_tiles", "summer_social"])
+def test_examples_load(name):
+    loaded = load_spec(CAMPAIGNS / f"{name}.yaml")
+    assert loaded.spec.id == name
+    assert loaded.spec.dag_id == f"campaign__{name}"
+    assert Path(loaded.product_source).is_file()
+
+
+def test_spec_hash_is_stable_and_content_sensitive(tmp_path):
+    a = load_spec(CAMPAIGNS / "spring_tiles.yaml").spec
+    b = load_spec(CAMPAIGNS / "spring_tiles.yaml").spec
+    assert a.spec_hash == b.spec_hash
+    assert a.model_copy(update={"brief": "changed"}).spec_hash != a.spec_hash
+
+
+def _write_variant(tmp_path: Path, mutate) -> Path:
+    data = yaml.safe_load((CAMPAIGNS / "spring_tiles.yaml").read_text())
+    data["products"]["source"] = str(CAMPAIGNS / "spring_tiles.products.csv")
+    data["brand"]["restricted_terms_file"] = str(ROOT / "include" / "brand" / "restricted_terms.txt")
+    mutate(data)
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _set(path: str, value):
+    def mutate(data):
+        *parents, last = path.split(".")
+        node = data
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[last] = value
+    return mutate
+
+
+BAD = [
+    pytest.param(_set("generation.steps", 0), ["generation.steps", "= 0", "greater than or equal to 1"], id="steps-zero"),
+    pytest.param(_set("generation.stepz", 5), ["generation.stepz", "remove it or fix its spelling", "steps"], id="unknown-field-lists-allowed"),
+    pytest.param(_set("id", "Spring Tiles"), ["`id`", '"Spring Tiles"', "lower-case"], id="bad-id"),
+    pytest.param(_set("asset_types.0.channels", ["web_tile", "billboard"]), ["billboard", "define it under `channels:`"], id="undefined-channel"),
+    pytest.param(_set("generation.scheduler", "ddpm++"), ["generation.scheduler", '"ddpm++"', "'ddim'"], id="unknown-scheduler"),
+    pytest.param(_set("qa.checks", {"sharpnes": {}}), ["qa.checks", "sharpnes", "known checks"], id="unknown-check"),
+    pytest.param(_set("approval.timeout", "a week"), ["approval.timeout", '"a week"', "30s, 15m, 12h or 7d"], id="bad-duration"),
+    pytest.param(_set("products.source", "missing.csv"), ["products.source", "missing.csv", "does not exist"], id="missing-product-file"),
+    pytest.param(_set("products.source", "products.xlsx"), ["products.source", ".csv or .parquet"], id="unsupported-format"),
+    pytest.param(_set("prompts.positive", "photo of {{ product.name "), ["prompts.positive", "syntax error"], id="template-syntax"),
+    pytest.param(_set("publish", [{"kind": "ftp", "path": "x"}]), ["publish.0", "ftp", "'folder', 's3'"], id="unknown-destination"),
+    pytest.param(lambda d: d.pop("brief"), ["`brief` is missing", "add this field"], id="missing-brief"),
+]
+
+
+@pytest.mark.parametrize("mutate,expected", BAD)
+def test_bad_spec_names_file_field_value_and_fix(tmp_path, mutate, expected):
+    path = _write_variant(tmp_path, mutate)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("id: x\nbrief: [unclosed\n")
+    with pytest.raises(SpecError, match=r"not valid YAML at line \d+"):
+        load_spec(path)
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("id: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+
+
+def test_find_spec_by_id_and_path():
+    assert find_spec("summer_social", CAMPAIGNS).name == "summer_social.yaml"
+    assert find_spec(str(CAMPAIGNS / "spring_tiles.yaml"), CAMPAIGNS).name == "spring_tiles.yaml"
+    with pytest.raises(SpecError, match="known: .*spring_tiles"):
+        find_spec("nope", CAMPAIGNS)
+
+
+def test_exported_json_schema_is_current():
+    committed = json.loads((ROOT / "schemas" / "campaign.schema.json").read_text())
+    assert committed == json_schema(), "run `make schema` and commit schemas/campaign.schema.json"

@@ -1,0 +1,88 @@
+"""The upscale stage (a GPU-queue task) and what postprocess makes of its output: the model's
+upscaled original stored and recorded on the asset, the derivatives made from it and saying
+so in their provenance, what the task ran on, and a clear failure when it never ran."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from darkroom import imaging, postprocess, upscaler
+from darkroom.catalog import runs
+from darkroom.catalog.tables import Asset, AssetStatus, Derivative
+from darkroom.config import Settings
+from darkroom.stages import generate, plan, qa, upscale, validate
+from darkroom.stages import postprocess as postprocess_stage
+from darkroom.stages.sequence import run_to_review
+from darkroom.storage import sha256_bytes
+from PIL import Image
+from sqlalchemy import select
+
+from tests.support.campaigns import small_spec, stage_ctx
+
+
+def _ctx(tmp_path, tiny_upscaler):
+    def mutate(d):
+        d["generation"]["upscaler"] = str(tiny_upscaler)
+        d["channels"]["web_tile"]["upscale_to"] = 2048
+
+    return stage_ctx(small_spec(tmp_path, mutate), Settings.from_env(), {"limit": 1})
+
+
+def read(uri: str) -> bytes:
+    return Path(uri.removeprefix("file://")).read_bytes()
+
+
+@pytest.mark.usefixtures("use_tiny_model")
+def test_the_model_upscales_once_on_its_task_and_the_derivatives_use_it(tiny_upscaler, tmp_path):
+    ctx = _ctx(tmp_path, tiny_upscaler)
+    assert ctx.spec.uses_model_upscaler
+    run_to_review(ctx)
+    with ctx.catalog.session() as s:
+        asset = s.scalars(select(Asset)).one()
+        rows = {d.channel: d for d in s.scalars(select(Derivative))}
+    name = upscaler.load(str(tiny_upscaler)).name
+    # The upscale task stored the model's output and recorded it on the asset.
+    rec = asset.upscaled
+    assert (rec["by"], rec["to"]) == (name, 2048) and "error" not in rec
+    big = read(rec["uri"])
+    assert imaging.decode(big).size == (2048, 2048)
+    assert "/upscaled/" in rec["uri"] and sha256_bytes(big) == rec["sha256"]
+    # ... and what it ran on, for track: on this worker, one image, real seconds.
+    (use,) = [u for u in runs.device_use(ctx.catalog, ctx.run_pk) if u.stage == "upscale"]
+    assert (use.images, use.worker, use.device) == (1, ctx.worker, "cpu") and use.seconds > 0
+    assert use.dtype == "float32" and use.peak_memory_bytes > 0
+    # postprocess made the web tile from it, and says so; the marketplace cut needed no model.
+    assert set(rows) == {"web_tile", "marketplace"}
+    web = read(rows["web_tile"].uri)
+    assert imaging.read_provenance(web).darkroom["upscaled"] == {"by": name, "to": 2048}
+    assert Image.open(io.BytesIO(web)).size == (512, 512)
+    assert "upscaled" not in imaging.read_provenance(read(rows["marketplace"].uri)).darkroom
+    # Not the Lanczos path's pixels: the model's output reached the derivative.
+    (lanczos,) = postprocess.render_all(read(asset.uri), {"web_tile": ctx.spec.channels["web_tile"]})
+    assert imaging.read_provenance(lanczos.data).darkroom["upscaled"]["by"] == "lanczos"
+    assert lanczos.data != web
+    # A retried upscale task finds the work done.
+    assert upscale.run(ctx, 0) == {"batch": 0, "upscaled": 0, "failed": 0, "skipped": 1}
+
+
+@pytest.mark.usefixtures("use_tiny_model")
+def test_derivatives_without_the_upscale_task_fail_the_asset_saying_why(tiny_upscaler, tmp_path):
+    ctx = _ctx(tmp_path, tiny_upscaler)
+    validate.run(ctx)
+    (batch,) = plan.run(ctx)
+    generate.run(ctx, batch)
+    qa.run(ctx, batch)
+    out = postprocess_stage.run(ctx, batch)  # the upscale task was skipped
+    assert out["failed"] == 1 and out["derivatives"] == 0
+    with ctx.catalog.session() as s:
+        asset = s.scalars(select(Asset)).one()
+    assert asset.status == AssetStatus.failed
+    assert "the batch's upscale task did not run" in asset.failure_reason
+
+
+def test_without_a_model_upscaler_there_is_nothing_to_do(tmp_path):
+    ctx = stage_ctx(small_spec(tmp_path), Settings.from_env())
+    assert not ctx.spec.uses_model_upscaler
+    assert upscale.run(ctx, 0) == {"batch": 0, "upscaled": 0, "failed": 0, "skipped": 0}
