@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook, Context
 from darkroom.config import Settings
-from darkroom_operators.stopping import stop_on_sigterm
 
 if TYPE_CHECKING:  # the stages pull in SQLAlchemy's ORM: not at DAG parse time
     from darkroom.stages.context import RunContext
@@ -125,6 +124,7 @@ class DarkroomHook(BaseHook):
 
     def run_context(self, spec_path: str, context: Context) -> RunContext:
         from darkroom.stages.context import RunContext  # the catalog (SQLAlchemy ORM): not at parse time
+        from darkroom_operators.stopping import stop_on_sigterm  # the DAG file needs none of it
 
         stop_on_sigterm()  # every task starts here: SIGTERM stops it (Airflow's handler does not)
         dag_run = context["dag_run"]
