@@ -22,7 +22,7 @@ from darkroom.stages.sequence import run_to_review
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.hostile.helpers import CSV_HEADER, ROOT, files, run_context, write_spec
+from tests.hostile.helpers import CSV_HEADER, ROOT, approved_asset, files, run_context, write_spec
 
 BRAND = ROOT / "include" / "brand"
 
@@ -257,28 +257,6 @@ def test_decode_errors_name_no_python_objects():
 
 # -- a destination that cannot be written -----------------------------------------------------
 
-def _approved_asset(ctx) -> str:
-    """One approved asset with a derivative per channel, made in the catalog (no model)."""
-    from darkroom.catalog import reviews as review
-    from darkroom.catalog.tables import AssetStatus, Derivative
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 90, 60)).save(buf, format="PNG")
-    run_pk = ctx.run_pk
-    with ctx.catalog.session() as s:
-        s.add(Variant(id="v0", campaign_id=ctx.spec.id, product_id="TER-001", asset_type="hero_tile",
-                      channels=["web_tile"], template_version="t", prompt="a mug", seed=1, params={}))
-        s.flush()
-        s.add(Asset(id="asset0", variant_id="v0", run_pk=run_pk, status=AssetStatus.qa_passed,
-                    uri="file:///unused.png", model_name="tiny-sd", model_version="abc",
-                    scheduler="ddim", steps=2, guidance=7.5, seed=1, backend="test"))
-        stored = ctx.storage.put(ctx.key("derivatives", "web_tile", "v0.png"), buf.getvalue(), "image/png")
-        s.add(Derivative(asset_id="asset0", channel="web_tile", uri=stored.uri, sha256=stored.sha256,
-                         width=8, height=8, format="png", bytes=stored.bytes))
-    review.decide(ctx.catalog, "asset0", "approve", "ann", "ok")
-    return "asset0"
-
-
 def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path, darkroom_home):
     """It used to mark the asset published with no file (and end in a PermissionError
     traceback). Tests run as root, which may write read-only folders: the destination's
@@ -287,7 +265,7 @@ def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path
     from darkroom.errors import StorageError
 
     ctx = run_context(write_spec(tmp_path))
-    asset_id = _approved_asset(ctx)
+    asset_id = approved_asset(ctx)
     dest = darkroom_home / "published" / "dam"
     dest.mkdir(parents=True)
     (dest / ctx.spec.id).write_text("not a folder")
