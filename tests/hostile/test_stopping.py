@@ -11,6 +11,7 @@ variant, plan row or file behind it: the plan is committed in one transaction, o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -139,3 +140,44 @@ def test_sigterm_stops_a_worker_task_in_the_middle_of_a_long_plan(tmp_path, dark
     assert "on_kill" in out and "SIGTERM: stopping this task now" in out, out[-3000:]
     assert "planned" not in out.replace("planning", "")
     assert _plan_rows(f"sqlite:///{darkroom_home / 'catalog.db'}") == (0, 0)
+
+
+# Airflow's own task timeout (a task's execution_timeout, which a deployment may set): the task
+# runner's SIGALRM raises AirflowTaskTimeout in the task, a BaseException no stage catches.
+# The DAG as `darkroom run` loads it, the plan's timeout set to TIMEOUT seconds, run by dag.test.
+TIMED = textwrap.dedent('''
+    import json, sys
+    from datetime import timedelta
+    from pathlib import Path
+    from darkroom.config import Settings, apply_airflow_env
+    spec = Path(sys.argv[1])
+    apply_airflow_env(Settings.from_env(), campaigns_dir=spec.parent)
+    from darkroom_operators.local_run import load_dag
+    dag = load_dag("campaign__spring_tiles")
+    dag.task_dict["expand_prompts"].execution_timeout = timedelta(seconds=float(sys.argv[2]))
+    dr = dag.test(run_conf={})
+    tis = dr.get_task_instances()
+    states = {ti.task_id: str(ti.state) for ti in tis}
+    seconds = {ti.task_id: (ti.end_date - ti.start_date).total_seconds() for ti in tis
+               if ti.start_date and ti.end_date}
+    print("RESULT " + json.dumps({"run": str(dr.state), "states": states, "seconds": seconds}), flush=True)
+''')
+TIMEOUT = 3
+
+
+@pytest.mark.e2e
+def test_airflows_task_timeout_ends_a_long_plan(tmp_path):
+    spec = _big_spec(tmp_path)
+    home = tmp_path / "home"
+    proc = subprocess.run([sys.executable, "-c", TIMED, str(spec), str(TIMEOUT)], env=_env(home), cwd=ROOT,
+                          capture_output=True, text=True, timeout=START_TIMEOUT + 60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["run"] == "failed", result
+    assert result["states"]["validate_inputs"] == "success"
+    assert result["states"]["expand_prompts"] == "failed", result
+    assert "AirflowTaskTimeout" in out
+    print(result["seconds"])  # how long each task ran: for the log, not asserted
+    # Ended in the middle of the plan (30 s or more of rendering), which committed nothing.
+    assert _plan_rows(f"sqlite:///{home / 'catalog.db'}") == (0, 0)
