@@ -31,6 +31,26 @@ log = logging.getLogger("darkroom")
 #: Set by any stop signal this process received; dag.test starts no task after it.
 requested = threading.Event()
 _signals: list[int] = []
+#: The read end of stops_run's wake-up pipe, while it runs.
+_wakeup: int | None = None
+
+
+def _drain() -> None:
+    """Note the stop signals the wake-up pipe saw. Read here, in the thread that checks:
+    a reader thread could still be waiting for the GIL when the check runs."""
+    if _wakeup is None:
+        return
+    while True:
+        try:
+            data = os.read(_wakeup, 64)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                _signals.append(signum)
+                requested.set()
 
 
 class Stopped(SystemExit):
@@ -58,6 +78,7 @@ def stop_on_sigterm() -> None:
     main thread only (the only one Python delivers signals to)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _drain()
     if requested.is_set():  # the signal came while Airflow was starting this task
         raise Stopped(_signals[-1] if _signals else signal.SIGTERM)
     previous = signal.getsignal(signal.SIGTERM)
@@ -84,20 +105,13 @@ def stops_run():
     KeyboardInterrupt there). A wake-up pipe sees every signal, whichever handler was
     installed when it came (Airflow installs its own at each task's start and never puts
     back the one before), so that :func:`between_tasks` starts no task after one."""
+    global _wakeup
     read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
     os.set_blocking(write_end, False)
-
-    def watch() -> None:
-        while data := os.read(read_end, 64):
-            for signum in data:
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    _signals.append(signum)
-                    requested.set()
-
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     saved_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    watcher = threading.Thread(target=watch, daemon=True, name="darkroom-stop-signals")
-    watcher.start()
+    _wakeup = read_end
     for s in saved:
         signal.signal(s, _raise_stopped)
     try:
@@ -106,8 +120,8 @@ def stops_run():
         for s, handler in saved.items():
             signal.signal(s, handler)
         signal.set_wakeup_fd(saved_fd)
-        os.close(write_end)  # the watcher reads the end of the pipe and returns
-        watcher.join(timeout=5)
+        _wakeup = None
+        os.close(write_end)
         os.close(read_end)
         requested.clear()
         _signals.clear()
@@ -125,6 +139,7 @@ def between_tasks():
     run_task = dag_module._run_task
 
     def stop_check() -> None:
+        _drain()
         if requested.is_set():
             raise Stopped(_signals[-1] if _signals else signal.SIGTERM)
 
