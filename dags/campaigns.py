@@ -18,8 +18,9 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
 from darkroom.config import Settings
-from darkroom.errors import SpecError
+from darkroom.errors import RunFailed, SpecError
 from darkroom.generation.routing import pool_for
 from darkroom.spec import LoadedSpec, load_spec, spec_files
 from darkroom_operators.approval import CampaignApprovalSensor
@@ -114,7 +115,10 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         def track(batches: list[int]) -> dict:
             from darkroom.stages import track as stage
 
-            return stage.run(_ctx(path))
+            try:
+                return stage.run(_ctx(path))
+            except RunFailed as exc:  # every asset failed: a retry would find them failed again
+                raise AirflowFailException(str(exc)) from exc
 
         @task(outlets=[published_asset(spec.id)])
         def publish(approvals: dict) -> dict:

@@ -124,7 +124,9 @@ class DarkroomHook(BaseHook):
 
     def run_context(self, spec_path: str, context: Context) -> RunContext:
         from darkroom.stages.context import RunContext  # the catalog (SQLAlchemy ORM): not at parse time
+        from darkroom_operators.stopping import stop_on_sigterm  # the DAG file needs none of it
 
+        stop_on_sigterm()  # every task starts here: SIGTERM stops it (Airflow's handler does not)
         dag_run = context["dag_run"]
         ti = context.get("ti")
         return RunContext.open(

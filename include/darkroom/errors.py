@@ -21,6 +21,10 @@ class ValidationFailed(DarkroomError):
     """Product data failed its expectations; nothing was generated."""
 
 
+class RunFailed(DarkroomError):
+    """Every asset of a run failed: nothing to review or publish (the reasons are in the message)."""
+
+
 class PolicyError(DarkroomError):
     """Rendered prompts broke the brand or legal policy."""
 

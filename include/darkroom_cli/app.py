@@ -7,6 +7,7 @@ MLflow, torch) when they run, so ``darkroom review list`` starts in a fraction o
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from darkroom.spec import find_spec, json_schema, load_spec
 from darkroom.stages.reproduce import regenerate_asset
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(help="Darkroom: campaign specs in, traceable approved images out.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -40,8 +42,11 @@ app.add_typer(assets_app, name="assets")
 app.add_typer(models_app, name="models")
 app.add_typer(spec_app, name="spec")
 
-console = Console()
-err = Console(stderr=True)
+# No Rich markup in anything printed: messages and values carry square brackets (`[bold red]`
+# in a product name, the id pattern `^[a-z][a-z0-9_]{1,62}$`), which markup would swallow.
+# Styles are given as styles, never inside the text.
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 def _catalog() -> Catalog:
@@ -70,10 +75,21 @@ def run(
     loaded = load_spec(spec_path)
     from darkroom_operators.local_run import run_campaign  # Airflow: seconds to import
 
-    console.print(f"[bold]Running {loaded.spec.dag_id}[/] from {spec_path}")
+    console.print(Text.assemble((f"Running {loaded.spec.dag_id}", "bold"), f" from {spec_path}"))
     result = run_campaign(spec_path, run_conf, approve_all=approve_all, settings=settings,
                           console=console, quiet_logs=not verbose)
     _print_summary(result, show_plan=bool(run_conf.get("dry_run")))
+    _exit_unless_success(result)
+
+
+def _exit_unless_success(result) -> None:
+    """Exit 1 for a failed run; 128 + the signal for a run a signal stopped."""
+    if result.stopped_by:
+        err.print(f"\nStopped by {signal.Signals(result.stopped_by).name}: what had finished is kept "
+                  "(files are written whole or not at all, catalog rows in transactions); run the "
+                  "same command again to go on: images already made are reused.", style="red",
+                  soft_wrap=True)
+        raise typer.Exit(128 + result.stopped_by)
     if result.state != "success":
         raise typer.Exit(1)
 
@@ -113,12 +129,12 @@ def regenerate(
         console.print(f"{len(conf['variants'])} variants match {where}")
     from darkroom_operators.local_run import run_campaign  # Airflow: seconds to import
 
-    console.print(f"[bold]Regenerating {loaded.spec.dag_id}[/] with model version {model_version}")
+    console.print(Text.assemble((f"Regenerating {loaded.spec.dag_id}", "bold"),
+                                f" with model version {model_version}"))
     result = run_campaign(spec_path, conf, approve_all=approve_all, settings=settings,
                           console=console, quiet_logs=not verbose)
     _print_summary(result)
-    if result.state != "success":
-        raise typer.Exit(1)
+    _exit_unless_success(result)
 
 
 @app.command()
@@ -160,7 +176,7 @@ def _print_summary(result, show_plan: bool = False) -> None:
     r = result.run
     summary = r.summary if r else {}
     colour = "green" if result.state == "success" else "red"
-    console.print(f"\n[bold {colour}]{result.dag_id} {result.run_id}: {result.state}[/]")
+    console.print(f"\n{result.dag_id} {result.run_id}: {result.state}", style=f"bold {colour}")
     planned = summary.get("planned")
     reused = max(0, (planned or 0) - c.generated - c.failed)
     rows = [
@@ -183,9 +199,9 @@ def _print_summary(result, show_plan: bool = False) -> None:
     if show_plan and summary.get("plan"):
         console.print(f"\n{summary['plan']}", soft_wrap=True, highlight=False)
     for message in result.errors:
-        err.print(f"\n[red]{message}[/]", highlight=False)
+        err.print(f"\n{message}", style="red", highlight=False, soft_wrap=True)
     if result.failed_tasks:
-        err.print(f"\n[red]Failed: {', '.join(result.failed_tasks)}[/]", highlight=False)
+        err.print(f"\nFailed: {', '.join(result.failed_tasks)}", style="red", highlight=False)
         if result.not_run:
             err.print(f"Not run (upstream failed): {', '.join(result.not_run)}", highlight=False)
         err.print(f"Task logs: {result.log_file}", highlight=False)
@@ -232,7 +248,7 @@ def _decide(decision: str, asset_ids: list[str], every: bool, campaign: str | No
             reviews.decide(catalog, asset_id, decision, who, note)
             console.print(f"{decision}d {asset_id} as {who}")
         except DarkroomError as exc:
-            err.print(f"[red]{exc}[/]")
+            err.print(str(exc), style="red")
             failed += 1
     if failed:
         raise typer.Exit(1)
@@ -347,9 +363,10 @@ def assets_regenerate(
     console.print(f"original     {rep.original_uri}  sha256 {rep.original_sha256}")
     console.print(f"regenerated  {rep.new_uri}  sha256 {rep.new_sha256}")
     if rep.identical:
-        console.print("[green]identical[/]: the recorded parameters reproduce the asset")
+        console.print(Text.assemble(("identical", "green"), ": the recorded parameters reproduce the asset"))
     else:
-        err.print("[red]different[/]: same parameters, other pixels (device, dtype or library versions?)")
+        err.print(Text.assemble(("different", "red"),
+                                ": same parameters, other pixels (device, dtype or library versions?)"))
         raise typer.Exit(1)
 
 
@@ -476,9 +493,9 @@ def spec_check(files: list[Path]) -> None:
     for f in files:
         try:
             loaded = load_spec(f)
-            console.print(f"[green]ok[/] {f} -> {loaded.spec.dag_id}")
+            console.print(Text.assemble(("ok", "green"), f" {f} -> {loaded.spec.dag_id}"))
         except DarkroomError as exc:
-            err.print(f"[red]{exc}[/]")
+            err.print(str(exc), style="red", soft_wrap=True)
             bad += 1
     if bad:
         raise typer.Exit(1)
@@ -655,8 +672,13 @@ def main() -> None:
     try:
         app()
     except DarkroomError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(str(exc), style="red", soft_wrap=True)
         sys.exit(2)
+    finally:
+        # The interpreter's last garbage collection walks every object Airflow and the stages
+        # left behind: 5 s or more after `darkroom run` (measured), also after a SIGTERM.
+        # The process ends here, so that walk is skipped.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -241,6 +241,15 @@ def set_mlflow_run(catalog: Catalog, run_pk: int, mlflow_run_id: str) -> None:
         s.get(Run, run_pk).mlflow_run_id = mlflow_run_id
 
 
+def mark_ended(catalog: Catalog, run_pk: int, state: str, reason: str) -> None:
+    """End a run that will not publish: ``failed`` (every asset failed) or ``stopped`` (a
+    signal ended ``darkroom run``), the reason kept in its summary."""
+    with catalog.session() as s:
+        run = s.get(Run, run_pk)
+        run.state = state
+        run.summary = {**(run.summary or {}), "ended": reason}
+
+
 def mark_published(catalog: Catalog, run_pk: int, manifest_uri: str, published_assets: int) -> None:
     with catalog.session() as s:
         run = s.get(Run, run_pk)

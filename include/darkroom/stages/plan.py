@@ -19,7 +19,7 @@ from darkroom.catalog import assets, runs
 from darkroom.config import PROJECT_ROOT
 from darkroom.errors import PolicyError, ValidationFailed
 from darkroom.generation import routing
-from darkroom.products import frame_to_rows
+from darkroom.products import iter_rows
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri, sha256_bytes
 
@@ -30,18 +30,21 @@ BENCH_FILE = PROJECT_ROOT / "docs" / "bench" / "generate.json"
 
 def run(ctx: RunContext) -> list[int]:
     """Plan the run; return the batch numbers to map over (none for a dry run)."""
-    # 1. Render products x asset types x locales x vary combinations x seeds.
-    rows = frame_to_rows(ctx.products_frame())
-    variants = prompts.render_variants(ctx.loaded, rows, seed_offset=ctx.conf.seed_offset,
-                                       inputs=input_images(ctx, rows))
-    variants = select_variants(ctx, variants)
+    # 1. Render products x asset types x locales x vary combinations x seeds: only what the
+    #    Params select (``variants``, then ``limit``), rows read and rendered as they are
+    #    reached, so a run limited to 2 variants of a million products touches 2 rows.
+    frame = ctx.products_frame()
+    variants = prompts.render_variants(
+        ctx.loaded, iter_rows(frame), seed_offset=ctx.conf.seed_offset,
+        inputs=lambda row: input_images(ctx, row), limit=ctx.conf.limit,
+        wanted=set(ctx.conf.variants) if ctx.conf.variants else None)
     # 2. Policy: a restricted term rejects that variant only, naming the term and its field.
     allowed, rejected, terms = apply_policy(ctx, variants)
     # 3. Batches: never more mapped tasks than the spec's ceiling.
     g = ctx.spec.generation
     batches = prompts.chunk(allowed, g.variants_per_task, g.max_mapped_tasks)
     # 4. Routing: each variant's backend, from its facts (product columns when rules ask).
-    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, rows))
+    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, frame, allowed))
     # 5. Store new variants and the run's plan, in bulk.
     new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected, routes)
     done = runs.already_generated(ctx.catalog, [v.id for v in allowed])
@@ -61,8 +64,8 @@ def run(ctx: RunContext) -> list[int]:
     return list(range(len(batches)))
 
 
-def input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
-    """Each product's reference (and mask) image for image2image, inpaint and IP-Adapter:
+def input_images(ctx: RunContext, row: dict) -> dict:
+    """One product's reference (and mask) image for image2image, inpaint and IP-Adapter:
     where it is and its checksum. Empty when the campaign is text-to-image only."""
     g, p = ctx.spec.generation, ctx.spec.products
     if g.mode == "text2image" and not g.ip_adapter:
@@ -70,59 +73,46 @@ def input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
     columns = [("reference", p.reference_image_column)]
     if g.mode == "inpaint":
         columns.append(("mask", p.mask_image_column))
-    out: dict[str, dict] = {}
-    for row in rows:
-        pid = str(row[p.id_column])
-        entry = {}
-        for key, column in columns:
-            value = row.get(column)
-            if value is None or str(value).strip() == "":
-                raise ValidationFailed(
-                    f"{ctx.loaded.path}: product {pid} has no {key} image (column {column!r} is "
-                    f"empty) but generation.mode is {g.mode}"
-                    + (" with ip_adapter" if g.ip_adapter else "")
-                    + "; fix: fill the column for every product, or remove the product")
-            value = str(value).strip()
-            try:
-                uri = ctx.loaded.image_uri(value, ctx.settings)
-            except confine.OutsideRoots as exc:
-                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
-                                       f"{value!r}: {exc}") from None
-            try:
-                data = read_uri(uri, s3_client=ctx.s3)
-            except Exception as exc:
-                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
-                                       f"{value!r}: cannot read {uri}: {exc}; fix: point it at an "
-                                       "existing file or s3:// object") from exc
-            entry[key] = {"uri": uri, "sha256": sha256_bytes(data)}
-        out[pid] = entry
-    return out
+    pid = str(row[p.id_column])
+    entry = {}
+    for key, column in columns:
+        value = row.get(column)
+        if value is None or str(value).strip() == "":
+            raise ValidationFailed(
+                f"{ctx.loaded.path}: product {pid} has no {key} image (column {column!r} is "
+                f"empty) but generation.mode is {g.mode}"
+                + (" with ip_adapter" if g.ip_adapter else "")
+                + "; fix: fill the column for every product, or remove the product")
+        value = str(value).strip()
+        try:
+            uri = ctx.loaded.image_uri(value, ctx.settings)
+        except confine.OutsideRoots as exc:
+            raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                   f"{value!r}: {exc}") from None
+        try:
+            data = read_uri(uri, s3_client=ctx.s3)
+        except Exception as exc:
+            raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                   f"{value!r}: cannot read {uri}: {exc}; fix: point it at an "
+                                   "existing file or s3:// object") from exc
+        entry[key] = {"uri": uri, "sha256": sha256_bytes(data)}
+    return entry
 
 
-def routing_rows(ctx: RunContext, rows: list[dict]) -> dict[str, dict] | None:
-    """Product id -> row with the spec's column map applied (rules may use the mapped names);
-    None when no routing rule tests a product column."""
+def routing_rows(ctx: RunContext, frame, variants: list) -> dict[str, dict] | None:
+    """Product id -> row with the spec's column map applied (rules may use the mapped names),
+    for the products of ``variants`` only; None when no routing rule tests a product column."""
     if not routing.needs_products(ctx.spec):
         return None
     p = ctx.spec.products
+    wanted = {v.product_id for v in variants}
     out = {}
-    for row in rows:
+    for row in iter_rows(frame[frame[p.id_column].astype(str).isin(wanted)]):
         product = dict(row)
         for name, column in p.columns.items():
             product[name] = row.get(column)
         out[str(row[p.id_column])] = product
     return out
-
-
-def select_variants(ctx: RunContext, variants: list) -> list:
-    """The Params' selection: only the listed variant ids (``darkroom regenerate --where``),
-    then at most ``limit`` of them."""
-    if ctx.conf.variants:
-        wanted = set(ctx.conf.variants)
-        variants = [v for v in variants if v.id in wanted]
-    if ctx.conf.limit:
-        variants = variants[: ctx.conf.limit]
-    return variants
 
 
 def apply_policy(ctx: RunContext, variants: list) -> tuple[list, list, Counter]:

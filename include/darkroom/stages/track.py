@@ -14,6 +14,7 @@ from PIL import Image
 from darkroom import imaging, tracking
 from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import Asset, AssetStatus
+from darkroom.errors import RunFailed
 from darkroom.ids import key_part
 from darkroom.prompts import template_version
 from darkroom.stages.context import RunContext
@@ -41,7 +42,33 @@ def run(ctx: RunContext) -> dict:
     runs.set_mlflow_run(ctx.catalog, ctx.run_pk, mlflow_run_id)
     log.info("Tracked run in MLflow %s (run %s); contact sheet %s",
              ctx.settings.mlflow_tracking_uri, mlflow_run_id, sheet_uri)
+    # 4. A run whose every asset failed has nothing to review or publish: it ends failed here,
+    #    with the reasons, once its contact sheet and MLflow run are kept.
+    check_something_to_review(ctx, run_assets)
     return {"mlflow_run_id": mlflow_run_id, "contact_sheet": sheet_uri}
+
+
+def check_something_to_review(ctx: RunContext, run_assets: list[Asset]) -> None:
+    """RunFailed, with the reasons counted, when the run made assets and every one of them
+    failed (generation, QA or derivatives). A run that made none (everything was generated
+    by an earlier run) is not a failure."""
+    if not run_assets or any(a.status not in (AssetStatus.failed, AssetStatus.qa_failed)
+                             for a in run_assets):
+        return
+    reasons = Counter(
+        a.failure_reason[:300] if a.status == AssetStatus.failed and a.failure_reason
+        else "failed QA: " + ", ".join(q.check for q in a.qa_results if not q.passed)
+        if a.status == AssetStatus.qa_failed else "failed (no reason recorded)"
+        for a in run_assets)
+    lines = "\n".join(f"  - {n} x {reason}" for reason, n in reasons.most_common(10))
+    more = f"\n  - and {len(reasons) - 10} other reasons" if len(reasons) > 10 else ""
+    message = (
+        f"{ctx.loaded.path}: all {len(run_assets)} assets of run {ctx.run_id} failed, so nothing "
+        f"can be reviewed or published:\n{lines}{more}\nfix the causes above: the next run draws "
+        "a failed image again; an image that failed QA needs another prompt, seed_offset or QA "
+        "threshold (the contact sheet and the MLflow run show every asset)")
+    runs.mark_ended(ctx.catalog, ctx.run_pk, "failed", message)
+    raise RunFailed(message)
 
 
 def contact_sheet(ctx: RunContext) -> str:

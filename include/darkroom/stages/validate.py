@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from darkroom import postprocess as recipes
 from darkroom.catalog import runs
 from darkroom.errors import ValidationFailed
 from darkroom.stages.brand import brand_channels, brand_rubric
@@ -37,8 +38,12 @@ def run(ctx: RunContext) -> dict:
 
 def check_paths(ctx: RunContext) -> None:
     """Brand files (logos, fonts, QA references) and publish folders outside the allowed
-    roots (darkroom.confine) fail validation, naming the field."""
-    brand_channels(ctx)
+    roots (darkroom.confine) fail validation, naming the field; so do logos and fonts that
+    cannot be read (postprocess.check_recipes), which used to surface after the GPU work."""
+    try:
+        recipes.check_recipes(brand_channels(ctx), model_upscaler=ctx.spec.generation.upscaler)
+    except recipes.RecipeError as exc:
+        raise ValidationFailed(f"{ctx.loaded.path}: {exc}; nothing was generated") from None
     for at in ctx.spec.asset_types:
         brand_rubric(ctx, at.name)
     for dest in ctx.spec.publish:
