@@ -567,6 +567,12 @@ class CampaignSpec(_Model):
                                  "@weekly, @monthly, @quarterly, @yearly, @once, @continuous); "
                                  "null = manual")
     tags: list[str] = Field(default_factory=list)
+    max_active_runs: int = Field(
+        4, ge=1, le=64,
+        description="Runs of this campaign at once, runs waiting for reviewers included, so a "
+        "scheduled refresh starts while an earlier run waits for review. Concurrent runs never "
+        "draw the same variant twice (each claims what it draws in the catalog). A backfill "
+        "sets its own limit: `airflow backfill create --max-active-runs`")
     products: ProductSource
     prompts: Prompts
     brand: BrandRules = BrandRules()

@@ -131,6 +131,7 @@ PARSE_TIME_MODULES = {"darkroom", "darkroom.config", "darkroom.errors", "darkroo
                       "darkroom.generation.routing", "darkroom.generation.types", "darkroom.generation.models",
                       "darkroom.generation.families", "darkroom_operators", "darkroom_operators.approval",
                       "darkroom_operators.generate", "darkroom_operators.hooks",
+                      "darkroom_operators.failures", "darkroom.params", "darkroom.ids",
                       # what the spec loads with (pathlib, Jinja2 and PyYAML only)
                       "darkroom.confine", "darkroom.sandbox", "darkroom.yaml_safe"}
 
