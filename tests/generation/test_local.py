@@ -168,3 +168,27 @@ def test_model_digest_is_kept_on_disk_and_follows_changes(tiny_model, tmp_path):
     weights = next(model.glob("unet/*.safetensors"))
     weights.write_bytes(weights.read_bytes() + b"\0")
     assert local_model_digest(model) != first
+
+
+def test_library_notices_go_through_logging_at_their_own_level(capfd, caplog):
+    """diffusers' and transformers' notices went straight to stderr, which an Airflow task log
+    files as errors: CLIP's 77-token truncation is a warning, and the torchvision fallback
+    notice (we use the PIL processors on purpose) is not logged at all."""
+    import logging
+
+    import darkroom.generation.local  # noqa: F401  (importing it routes the notices)
+    import diffusers
+    import transformers
+
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):
+        diffusers.utils.logging.get_logger("diffusers.pipelines.stable_diffusion").warning(
+            "The following part of your input was truncated because CLIP can only handle "
+            "sequences up to 77 tokens: ['on a table']")
+        transformers.utils.logging.get_logger("transformers.utils.import_utils").warning(
+            "CLIPImageProcessorFast requires torchvision; falling back to the PIL processor")
+    assert capfd.readouterr().err == ""
+    notes = [(r.name, r.levelname, r.getMessage()[:40]) for r in caplog.records
+             if r.name.startswith(("diffusers", "transformers"))]
+    assert notes == [("diffusers.pipelines.stable_diffusion", "WARNING",
+                      "The following part of your input was tru")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import logging
 import resource
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any
 
 import diffusers
 import torch
+import transformers
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 from diffusers.models.embeddings import ImageProjection
 
@@ -41,6 +43,28 @@ from darkroom.generation.families import (
 )
 from darkroom.generation.models import ModelRef, PipelineOptions, model_family
 from darkroom.generation.types import SCHEDULERS, DeviceUse, Request, Result
+
+
+class _NoFallbackNotice(logging.Filter):
+    """transformers' "requires torchvision ... falling back to the PIL processor" notice: the
+    PIL processors are the ones we use; nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def library_notices_through_logging() -> None:
+    """diffusers and transformers print their notices straight to stderr, which an Airflow
+    task log files as errors: send them through Python logging at their own level (a prompt
+    CLIP truncates at 77 tokens is a warning), and drop the torchvision fallback notice."""
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_default_handler()
+        lib.utils.logging.enable_propagation()
+    # A logger's filter sees only its own records: the notice's own logger.
+    logging.getLogger("transformers.utils.import_utils").addFilter(_NoFallbackNotice())
+
+
+library_notices_through_logging()
 
 
 def torch_dtype(name: str) -> torch.dtype:
