@@ -24,6 +24,8 @@ from darkroom.errors import SpecError
 from darkroom.sandbox import PromptSandbox
 from darkroom.yaml_safe import load_yaml
 
+#: Every campaign's DAG id is this prefix and the campaign id.
+DAG_PREFIX = "campaign__"
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -628,7 +630,7 @@ class CampaignSpec(_Model):
     # -- derived values -------------------------------------------------------------
     @property
     def dag_id(self) -> str:
-        return f"campaign__{self.id}"
+        return f"{DAG_PREFIX}{self.id}"
 
     @property
     def uses_model_upscaler(self) -> bool:

@@ -24,7 +24,7 @@ from darkroom.errors import DarkroomError
 from darkroom.generation.models import Lora
 from darkroom.ids import key_part
 from darkroom.params import RunConf
-from darkroom.spec import find_spec, json_schema, load_spec
+from darkroom.spec import DAG_PREFIX, find_spec, json_schema, load_spec
 from darkroom.stages.reproduce import regenerate_asset
 from rich.console import Console
 from rich.table import Table
@@ -484,22 +484,42 @@ def spec_schema(out: Annotated[Path | None, typer.Argument()] = None) -> None:
         print(text, end="")
 
 
+def local_stack_env(keep_paused: bool = False) -> dict[str, str]:
+    """What `darkroom up` sets for its Airflow, unless the environment already does: campaign
+    DAGs run as soon as they are parsed (Airflow creates DAGs paused, and a triggered run of a
+    paused DAG stays queued), and LocalExecutor starts one worker process per core this
+    process may use, not Airflow's 32."""
+    from darkroom.parallel import default_workers
+
+    return {"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(keep_paused),
+            "AIRFLOW__CORE__PARALLELISM": str(max(2, default_workers()))}
+
+
 @app.command("up")
 def up(
     airflow_port: Annotated[int, typer.Option()] = 8080,
     mlflow_port: Annotated[int, typer.Option()] = 5000,
     host: Annotated[str, typer.Option(
         help="Bind address; 0.0.0.0 exposes the UIs to the network")] = "127.0.0.1",
+    keep_paused: Annotated[bool, typer.Option(
+        help="Leave campaign DAGs paused (Airflow's default): runs start once unpaused")] = False,
 ) -> None:
-    """Airflow UI (with the review gallery) and MLflow UI on this machine, until Ctrl-C."""
+    """Airflow UI (with the review gallery) and MLflow UI on this machine, until Ctrl-C.
+
+    Campaign DAGs are unpaused (those made earlier, by `darkroom run`, too), so schedules,
+    REST and UI triggers start runs; ``--keep-paused`` leaves them as Airflow made them."""
     settings = Settings.from_env()
     apply_airflow_env(settings)
+    for key, value in local_stack_env(keep_paused).items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("AIRFLOW__API__HOST", host)
     os.environ.setdefault("AIRFLOW__API__PORT", str(airflow_port))
     os.environ.setdefault("AIRFLOW__API__BASE_URL", f"http://{host}:{airflow_port}")
     bin_dir = Path(sys.executable).parent
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"  # standalone needs `airflow`
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    if not keep_paused:
+        unpause_campaigns(bin_dir)
     procs = [
         subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", host, "--port", str(mlflow_port),
                           "--backend-store-uri", settings.mlflow_tracking_uri,
@@ -527,6 +547,15 @@ def up(
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def unpause_campaigns(bin_dir: Path) -> None:
+    """Unpause the campaign DAGs Airflow already knows (the paused-at-creation setting only
+    covers new ones: a `darkroom run` before `make up` made its DAG paused). On a fresh
+    Airflow home there is nothing to unpause yet, and the command's failure says only that."""
+    subprocess.run([str(bin_dir / "airflow"), "dags", "unpause", "--treat-dag-id-as-regex", "--yes",
+                    f"^{DAG_PREFIX}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False, timeout=300)
 
 
 def _write_result(out: Path, result: dict) -> None:
