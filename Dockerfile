@@ -22,6 +22,8 @@ COPY requirements/ requirements/
 RUN mkdir -p include/darkroom operators \
     && touch include/darkroom/__init__.py operators/__init__.py \
     && pip install -c requirements/constraints.txt . \
+    && pip install --no-deps -c requirements/constraints.txt \
+        "$(grep -i '^invisible-watermark==' requirements/constraints.txt)" \
     && pip uninstall -y darkroom
 
 COPY include/ include/

@@ -21,20 +21,31 @@ help:
 
 # The venv is rebuilt when the dependency pins change. torch==2.13.0 comes from the local
 # CPU wheel that pip finds (uv and poetry do not).
+# invisible-watermark is installed without its declared dependencies (opencv-python needs
+# libGL; its unpinned torch would come from PyPI with CUDA): pyproject.toml lists what it
+# really imports. A re-run finds it installed and does nothing.
+NO_DEPS := $(shell grep -i '^invisible-watermark==' requirements/constraints.txt)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt $(NO_DEPS)
 	touch $@
+
+# A local C2PA test CA for the embedded default (made once; see README "Content Credentials").
+C2PA_TEST_CA := $(DARKROOM_HOME)/c2pa/signer.key
+$(C2PA_TEST_CA): | $(STAMP)
+	$(BIN)/python -m darkroom.provenance.credentials
 
 $(TINY): | $(STAMP)
 	$(BIN)/darkroom models build-tiny
 
-demo: $(STAMP) $(TINY)
+demo: $(STAMP) $(TINY) $(C2PA_TEST_CA)
 	$(BIN)/darkroom run $(CAMPAIGN) --approve-all
 	@echo
 	@echo "Published files: $(DARKROOM_HOME)/published/   Catalog: $(DARKROOM_HOME)/catalog.db"
 	@echo "Everything about them: $(BIN)/darkroom assets search --campaign $(CAMPAIGN) --json"
+	@echo "Trace any one back:    $(BIN)/darkroom verify FILE"
 
 test: $(STAMP)
 	$(BIN)/pytest
@@ -61,6 +72,7 @@ bench: $(STAMP) $(TINY)
 	$(BIN)/darkroom bench generate --images 16 --batch-size 1 --batch-size 4 --out docs/bench/generate.json
 	$(BIN)/darkroom bench qa --out docs/bench/qa.json
 	$(BIN)/darkroom bench plan --variants 10000 --out docs/bench/planning.json
+	$(BIN)/darkroom bench provenance --out docs/bench/provenance.json
 
 # The local Celery stack (as test-integration) with 1, then 2 default workers: ~13 min, so not
 # part of `bench` or `test`. nice: it shares the machine with whatever else runs.

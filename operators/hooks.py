@@ -55,7 +55,8 @@ class DarkroomHook(BaseHook):
     - ``darkroom_catalog`` (Postgres): the catalog;
     - ``darkroom_mlflow`` (HTTP): the MLflow tracking server;
     - ``darkroom_model_server`` (HTTP): a `darkroom serve-model` host;
-    - ``darkroom_stability``: Stability AI's API key as password, host overriding the base URL.
+    - ``darkroom_stability``: Stability AI's API key as password, host overriding the base URL;
+    - ``darkroom_c2pa``: the Content Credentials signing key (:meth:`signing`).
 
     S3 clients come from the Amazon provider's S3Hook, so AWS connections (and their endpoint
     overrides) apply. The ids are ``Settings``' ``*_conn_id`` (``DARKROOM_*_CONN_ID``).
@@ -82,7 +83,23 @@ class DarkroomHook(BaseHook):
             stability_api_key=stability.password if stability is not None else None,
             stability_base_url=(None if stability is None or not stability.host else stability.host
                                 if "://" in stability.host else f"https://{stability.host}"),
+            **self.signing(),
         )
+
+    def signing(self) -> dict[str, str]:
+        """The C2PA signing key from the ``darkroom_c2pa`` connection (darkroom.provenance.
+        credentials): password = the private key (PEM), extra = {"certificate_chain": PEM,
+        leaf first; "trust_anchors": PEM (optional); "tsa_url": URL (optional)}. Nothing
+        when a DARKROOM_C2PA_* variable sets the key or certificate: a key and a chain from
+        two places would not belong together."""
+        if self.base.from_environment & {"c2pa_cert", "c2pa_key"}:
+            return {}
+        conn = _connection_or_none(self.base.c2pa_conn_id)
+        if conn is None or not conn.password:
+            return {}
+        extra = conn.extra_dejson
+        return {"c2pa_key": conn.password, "c2pa_cert": extra.get("certificate_chain"),
+                "c2pa_trust_anchors": extra.get("trust_anchors"), "c2pa_tsa_url": extra.get("tsa_url")}
 
     def catalog_url(self) -> str | None:
         """The catalog connection's SQLAlchemy URL (None without such a connection). It holds

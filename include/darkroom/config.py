@@ -39,6 +39,11 @@ ENVIRONMENT = {
     "compile_backend": "DARKROOM_COMPILE_BACKEND",
     "input_roots": "DARKROOM_INPUT_ROOTS",
     "publish_roots": "DARKROOM_PUBLISH_ROOTS",
+    "c2pa_conn_id": "DARKROOM_C2PA_CONN_ID",
+    "c2pa_cert": "DARKROOM_C2PA_CERT",
+    "c2pa_key": "DARKROOM_C2PA_KEY",
+    "c2pa_trust_anchors": "DARKROOM_C2PA_TRUST_ANCHORS",
+    "c2pa_tsa_url": "DARKROOM_C2PA_TSA_URL",
 }
 #: Other tools' variables Darkroom falls back to when its own are not set.
 FALLBACKS = {"mlflow_tracking_uri": "MLFLOW_TRACKING_URI", "s3_endpoint_url": "AWS_ENDPOINT_URL_S3"}
@@ -46,10 +51,6 @@ CONNECTION_PREFIX = "AIRFLOW_CONN_"
 _PATHS = {"home", "campaigns_dir", "tiny_model_dir"}
 _NUMBERS = {"gpu_hourly_cost"}
 _PATH_LISTS = {"input_roots", "publish_roots"}  # os.pathsep-separated
-
-
-def _paths(value: str) -> tuple[Path, ...]:
-    return tuple(Path(p).resolve() for p in value.split(os.pathsep) if p.strip())
 
 
 def _paths(value: str) -> tuple[Path, ...]:
@@ -72,6 +73,7 @@ class Settings:
     mlflow_conn_id: str = "darkroom_mlflow"
     model_server_conn_id: str = "darkroom_model_server"
     stability_conn_id: str = "darkroom_stability"
+    c2pa_conn_id: str = "darkroom_c2pa"
     # Inference backends other than local (darkroom.generation.routing.make_backend).
     model_server_url: str | None = None
     stability_api_key: str | None = field(default=None, repr=False)
@@ -86,6 +88,13 @@ class Settings:
     # (darkroom.confine).
     input_roots: tuple[Path, ...] = ()
     publish_roots: tuple[Path, ...] = ()
+    # C2PA signing (darkroom.provenance.credentials): PEM text or a file path each. Unset: a
+    # local test CA under $DARKROOM_HOME/c2pa signs (made once); real deployments bring a
+    # certificate from a CA their readers trust.
+    c2pa_cert: str | None = None  # the signing certificate chain, leaf first
+    c2pa_key: str | None = field(default=None, repr=False)  # its private key
+    c2pa_trust_anchors: str | None = None  # root(s) a signature must chain to
+    c2pa_tsa_url: str | None = None  # an RFC 3161 time-stamp authority, if any
     #: ``AIRFLOW_CONN_<ID>`` values: product sources outside Airflow read connections here.
     connections: dict[str, str] = field(default_factory=dict, repr=False)
     #: The fields a DARKROOM_* variable set (they win over the adapters' connections).

@@ -5,13 +5,18 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import piexif.helper
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps, PngImagePlugin
 
+from darkroom import __version__
 from darkroom.config import BRAND_DIR
+from darkroom.provenance.xmp import packet as xmp_packet
+from darkroom.provenance.xmp import prompt_from_parameters
 
 # Pillow's limits, set explicitly rather than inherited. A decompression bomb is refused
 # rather than decoded: Pillow warns above MAX_IMAGE_PIXELS and raises above twice it; decode()
@@ -62,6 +67,9 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, gui
 # in the darkroom record (`truncated`); the catalog keeps every field whole.
 #: Bytes of the EXIF UserComment (the parameters text, UTF-16) in JPEG and WebP.
 EXIF_PARAMETERS_BYTES = 48_000
+#: Bytes (UTF-8) of the XMP packet's dc:description (the prompt): the packet, like EXIF,
+#: lives in one JPEG segment (darkroom.provenance.xmp.MAX_PACKET_BYTES).
+XMP_DESCRIPTION_BYTES = 40_000
 #: Bytes of the EXIF ImageDescription (the darkroom JSON) in JPEG and WebP.
 EXIF_DARKROOM_BYTES = 16_000
 #: Bytes (UTF-8) of each PNG text chunk: under MAX_TEXT_CHUNK, so it reads back.
@@ -96,6 +104,35 @@ def _fit_darkroom(record: dict, max_bytes: int) -> dict:
     return out
 
 
+def _tiff_ifd(entries: list[tuple[int, int, int, bytes]], at: int) -> bytes:
+    """One big-endian TIFF IFD at offset ``at``, its values after it: (tag, type, count, data)."""
+    values_at = at + 2 + 12 * len(entries) + 4
+    head, values = struct.pack(">H", len(entries)), b""
+    for tag, typ, count, data in sorted(entries):
+        if len(data) <= 4:  # fits in the entry itself
+            head += struct.pack(">HHI", tag, typ, count) + data.ljust(4, b"\0")
+        else:
+            head += struct.pack(">HHII", tag, typ, count, values_at + len(values))
+            values += data + b"\0" * (len(data) & 1)  # values start on word boundaries
+    return head + b"\0\0\0\0" + values  # no next IFD
+
+
+def exif_block(description: str, software: str, user_comment: bytes) -> bytes:
+    """An ``Exif\\0\\0`` block: IFD0 (ImageDescription, Software, the Exif IFD pointer) and
+    the Exif IFD (UserComment, type UNDEFINED). Written here because Pillow types UserComment
+    as BYTE and piexif.dump leaves out the Exif IFD's next-IFD field (exiftool flags both)."""
+    desc = description.encode("ascii", "replace") + b"\0"
+    soft = software.encode("ascii", "replace") + b"\0"
+
+    def ifd0(exif_at: int) -> bytes:
+        return _tiff_ifd([(IMAGE_DESCRIPTION, 2, len(desc), desc), (0x0131, 2, len(soft), soft),
+                          (EXIF_IFD, 4, 1, struct.pack(">I", exif_at))], 8)
+
+    exif_at = 8 + len(ifd0(0))
+    exif = _tiff_ifd([(EXIF_USER_COMMENT, 7, len(user_comment), user_comment)], exif_at)
+    return b"Exif\0\0MM\0\x2a" + struct.pack(">I", 8) + ifd0(exif_at) + exif
+
+
 @dataclass(frozen=True)
 class Provenance:
     parameters: str
@@ -114,16 +151,23 @@ class Provenance:
         info = PngImagePlugin.PngInfo()
         info.add_itxt("parameters", params)
         info.add_itxt("darkroom", json.dumps(record, sort_keys=True))
+        info.add_itxt("XML:com.adobe.xmp", self.xmp().decode("utf-8"))
         return info
 
-    def exif(self) -> Image.Exif:
+    def exif(self) -> bytes:
+        """EXIF as AUTOMATIC1111's readers and sd-prompt-reader need it: the parameters in
+        UserComment, type UNDEFINED, ``UNICODE\\0`` then UTF-16BE (piexif's UserComment.dump);
+        the darkroom JSON in ImageDescription."""
         # UserComment: 8 bytes of charset prefix, then UTF-16.
         params, record = self._fitted(EXIF_PARAMETERS_BYTES - 8, "utf-16-be", EXIF_DARKROOM_BYTES)
-        exif = Image.Exif()
-        exif[IMAGE_DESCRIPTION] = json.dumps(record, sort_keys=True)
-        # UserComment with the UNICODE prefix, as AUTOMATIC1111 writes JPEG parameters.
-        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\0" + params.encode("utf-16-be")
-        return exif
+        return exif_block(json.dumps(record, sort_keys=True), f"Darkroom {__version__}",
+                          piexif.helper.UserComment.dump(params, "unicode"))
+
+    def xmp(self) -> bytes:
+        """The XMP packet (darkroom.provenance.xmp): Dublin Core, IPTC DigitalSourceType, darkroom:."""
+        params, record = self._fitted(XMP_DESCRIPTION_BYTES, "utf-8", EXIF_DARKROOM_BYTES)
+        return xmp_packet(record, description=prompt_from_parameters(params), parameters=params,
+                          creator_tool=f"Darkroom {__version__}")
 
 
 def read_provenance(data: bytes) -> Provenance | None:
@@ -155,9 +199,10 @@ def encode(img: Image.Image, fmt: str, provenance: Provenance, quality: int = 90
     elif fmt == "jpeg":
         # optimize=False: an extra Huffman pass costs ~15% of a derivative's CPU for ~3% bytes.
         img.convert("RGB").save(buf, format="JPEG", quality=quality, exif=provenance.exif(),
-                                optimize=False, **icc)
+                                xmp=provenance.xmp(), optimize=False, **icc)
     elif fmt == "webp":
-        img.save(buf, format="WEBP", quality=quality, exif=provenance.exif(), method=4, **icc)
+        img.save(buf, format="WEBP", quality=quality, exif=provenance.exif(), xmp=provenance.xmp(),
+                 method=4, **icc)
     else:
         raise ValueError(f"unsupported format {fmt!r}; use png, jpeg or webp")
     return buf.getvalue()

@@ -13,7 +13,10 @@
    aspect ratio, then a Lanczos resize to the exact size;
 4. logo / watermark overlay (position, scale, opacity);
 5. localized text overlay in the brand font;
-6. encode (JPEG / WebP / PNG at the channel's quality) with the provenance carried over.
+6. the invisible watermark (``watermark: true``, the default): a key derived from the asset
+   id, hidden in the pixels (darkroom.provenance.watermark), recorded in the provenance;
+7. encode (JPEG / WebP / PNG at the channel's quality) with the provenance carried over
+   (PNG chunks or EXIF, and XMP).
 
 Everything here is a pure function of its inputs, so a derivative's bytes are reproducible
 and its name (:func:`derivative_key`) is deterministic.
@@ -29,12 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps
 
 from darkroom import imaging
 from darkroom.config import BRAND_DIR
 from darkroom.errors import ModelError
+from darkroom.provenance import watermark
 from darkroom.upscaler import free_device_memory, resolve_upscaler
 
 # The inference layer registers its upscaler here: name -> callable(image, long_side) -> image.
@@ -85,6 +90,9 @@ class Rendered:
     height: int
     format: str
     extension: str
+    phash: str | None = None  # of the pixels as encoded (darkroom verify matches on it)
+    watermark: str | None = None  # the method, when the channel carries the mark
+    watermark_key: str | None = None
 
 
 def recipe_hash(channel) -> str:
@@ -284,16 +292,31 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
         out = overlay_logo(out, channel.logo)
     if channel.text is not None:
         out = overlay_text(out, channel.text, locale)
-    # 6. Encode with provenance, tagged sRGB.
+    # 6. The invisible mark, last, so nothing drawn afterwards covers it.
+    mark = _watermark(out, channel, provenance.darkroom.get("asset_id"))
+    if mark is not None:
+        out, mark = mark
+    # 7. Encode with provenance, tagged sRGB.
     if channel.format == "jpeg" and out.mode != "RGB":
         out = out.convert("RGB")
     prov = imaging.Provenance(provenance.parameters, {
         **provenance.darkroom, "channel": channel_name, "recipe": recipe_hash(channel),
         **({"locale": locale} if locale else {}),
-        **({"upscaled": {"by": upscaled_by, "to": channel.upscale_to}} if upscaled_by else {})})
+        **({"upscaled": {"by": upscaled_by, "to": channel.upscale_to}} if upscaled_by else {}),
+        **({"watermark": mark} if mark else {})})
     data = imaging.encode(out, channel.format, prov, channel.quality,
                           icc_profile=SRGB_ICC if channel.srgb else None)
-    return Rendered(channel_name, data, out.width, out.height, channel.format, channel.extension)
+    return Rendered(channel_name, data, out.width, out.height, channel.format, channel.extension,
+                    phash=str(imagehash.phash(out)), watermark=mark and mark["method"],
+                    watermark_key=mark and mark["key"])
+
+
+def _watermark(img: Image.Image, channel, asset_id: str | None):
+    """(marked image, {method, key}) when the channel carries the mark and the image can."""
+    if not channel.watermark or not asset_id or not watermark.can_carry(img.size):
+        return None
+    key = watermark.key_for(asset_id)
+    return watermark.embed(img, key), {"method": watermark.METHOD, "key": key}
 
 
 def render_all(original: bytes, channels: dict, *, locale: str | None = None,

@@ -270,6 +270,9 @@ class Channel(_Model):
         "(a diffusers x4 upscaler, once per original) when set, else Lanczos; provenance records which")
     logo: LogoOverlay | None = None
     text: TextOverlay | None = None
+    watermark: bool = Field(True, description="Embed the invisible mark (a key derived from the "
+                            "asset id, darkroom.provenance.watermark) that traces a file whose "
+                            "metadata was stripped; derivatives under 256x256 cannot carry it")
 
     @property
     def extension(self) -> str:

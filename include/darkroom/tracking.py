@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 
-from darkroom import imaging
 from darkroom.config import PROJECT_ROOT, Settings, quiet_progress_bars
 
 
@@ -72,14 +72,27 @@ def find_mlflow_run(settings: Settings, campaign_id: str, dag_id: str, run_id: s
     return found[0].info.run_id if found else None
 
 
+@dataclass(frozen=True)
+class ProductRows:
+    """The product rows a run was made from, for the run's MLflow dataset input."""
+
+    frame: object  # a pandas DataFrame
+    source: str  # the spec's product source: a path, s3:// or postgres:// URI
+    name: str
+    table: str | None = None  # postgres:// sources: the table or query read
+    query: str | None = None
+
+
 def log_run(settings: Settings, *, campaign_id: str, dag_id: str, run_id: str, tags: dict,
             params: dict, metrics: dict, artifacts: dict[str, bytes], samples: dict[str, bytes],
-            table: dict[str, list], attempt: int = 0) -> str:
+            table: dict[str, list], attempt: int = 0, products: ProductRows | None = None) -> str:
     """Create (or update) the DAG run's MLflow run; return its id.
 
     :param artifacts: file name -> bytes, logged as files (contact sheet, validation report).
-    :param samples: artifact path -> encoded image, logged as images.
+    :param samples: artifact path -> image file, logged as its own bytes: ``mlflow.log_image``
+        would re-encode it and drop its provenance chunks.
     :param table: columns for ``mlflow.log_table`` (shown as a table in the MLflow UI).
+    :param products: the product rows, logged as the run's dataset input (source and digest).
     """
     exp_id = campaign_experiment(settings, campaign_id)
     existing = find_mlflow_run(settings, campaign_id, dag_id, run_id, attempt)
@@ -92,14 +105,28 @@ def log_run(settings: Settings, *, campaign_id: str, dag_id: str, run_id: str, t
             mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            for name, data in artifacts.items():
+            for name, data in [*artifacts.items(), *samples.items()]:
                 path = Path(tmp) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
-                mlflow.log_artifact(str(path))
-        for name, data in samples.items():
-            mlflow.log_image(imaging.decode(data), artifact_file=name)
+                folder = str(Path(name).parent)
+                mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder)
+        if products is not None:
+            log_products(products)
         mlflow.log_table(table, artifact_file="assets.json")
         return active.info.run_id
+
+
+def log_products(products: ProductRows) -> None:
+    """The product rows as the active MLflow run's dataset input (context ``products``)."""
+    source = products.source
+    if source.startswith("postgres://"):  # MLflow has no source type for it: say what it is
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource({"products.source": source, "table": products.table or "",
+                                    "query": products.query or ""})
+    mlflow.log_input(mlflow.data.from_pandas(products.frame, source=source, name=products.name),
+                     context="products")
 
 
 def log_publication(settings: Settings, mlflow_run_id: str, metrics: dict,

@@ -43,6 +43,7 @@ class ValidationReport:
     evaluated: int = 0
     results: list[dict] = field(default_factory=list)  # every expectation, passed or not
     report_uri: str | None = None
+    gx_result: object = field(default=None, repr=False)  # GX's ExpectationSuiteValidationResult
 
     def summary(self) -> dict:
         return {"suite": self.suite, "success": self.success, "rows": self.rows,
@@ -65,10 +66,34 @@ class ValidationReport:
         return "\n".join(lines)
 
     def to_html(self, title: str) -> str:
-        """A data-docs-like page: every expectation, failures first, with sample rows."""
+        """Great Expectations' own rendering of the validation result (the validation page
+        its Data Docs show, rendered from the ephemeral context's result), with the checks GX
+        does not run (reference images, missing columns) added after it as a table."""
+        own = [r for r in self.results if r.get("by") == "darkroom"]
+        if self.gx_result is None:
+            return self._page(title, self._table(self.results))
+        from great_expectations.render.renderer import ValidationResultsPageRenderer
+        from great_expectations.render.view import DefaultJinjaPageView
+
+        # Product data is untrusted and GX's renderer writes unexpected values into the page
+        # unescaped: every value (and column name) is escaped and cut before GX sees it.
+        for r in self.gx_result.results:
+            r.result = _cut_values(r.result or {})
+            cfg = r.expectation_config
+            if cfg is not None and isinstance(cfg.kwargs.get("column"), str):
+                cfg.kwargs["column"] = html.escape(cfg.kwargs["column"])
+        page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(self.gx_result))
+        if own:
+            section = (f'<div class="container"><h3>Checks outside Great Expectations</h3>'
+                       f"{self._table(own)}</div>")
+            page = page.replace("</body>", section + "</body>", 1)
+        return page
+
+    @staticmethod
+    def _table(results: list[dict]) -> str:
         e = html.escape
         rows = []
-        for r in sorted(self.results, key=lambda r: r["success"]):
+        for r in sorted(results, key=lambda r: r["success"]):
             sample = "".join(
                 "<li><code>" + e(", ".join(f"{k}={v!r}" for k, v in s.items())) + "</code></li>"
                 for s in r.get("sample", []))
@@ -79,6 +104,12 @@ class ValidationReport:
                 f'<td>{e(str(r.get("column") or ""))}</td><td><code>{kwargs}</code></td>'
                 f'<td>{e(str(r.get("unexpected_count") if r.get("unexpected_count") is not None else ""))}'
                 f'</td><td>{e(r.get("detail") or "")}<ul>{sample}</ul></td></tr>')
+        return ('<table class="table"><tr><th>status</th><th>expectation</th><th>column</th>'
+                "<th>arguments</th><th>failing rows</th><th>detail / sample rows</th></tr>\n"
+                + "\n".join(rows) + "\n</table>")
+
+    def _page(self, title: str, table: str) -> str:
+        e = html.escape
         verdict = "passed" if self.success else "failed"
         return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
@@ -89,10 +120,8 @@ tr.failed td:first-child{{color:#b00;font-weight:bold}}tr.passed td:first-child{
 <h1>{e(title)}</h1>
 <p>Suite <b>{e(self.suite)}</b>: <b>{verdict}</b> — {len(self.failures)} of {self.evaluated}
 expectations failed on {self.rows} rows.</p>
-<table><tr><th>status</th><th>expectation</th><th>column</th><th>arguments</th>
-<th>failing rows</th><th>detail / sample rows</th></tr>
-{chr(10).join(rows)}
-</table></body></html>
+{table}
+</body></html>
 """
 
 
@@ -168,6 +197,16 @@ def _shown(v):
     return v
 
 
+def _cut_values(value):
+    """``value`` (a GX result's lists and dicts) with every text cut as :func:`_shown` does
+    and HTML-escaped, keys included."""
+    if isinstance(value, dict):
+        return {html.escape(k) if isinstance(k, str) else k: _cut_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cut_values(v) for v in value)
+    return html.escape(_shown(value)) if isinstance(value, str) else value
+
+
 def text_columns(df) -> list[str]:
     """Columns holding text (pandas' string dtype, or objects that are all str)."""
     out = []
@@ -225,7 +264,7 @@ def check_reference_images(loaded: LoadedSpec, df, s3_client_factory=None,
     out = []
     for col in dict.fromkeys(c for c in (p.reference_image_column, p.mask_image_column) if c):
         result = {"expectation": REFERENCE_CHECK, "column": col, "kwargs": {"column": col},
-                  "success": True, "unexpected_count": 0, "sample": []}
+                  "success": True, "unexpected_count": 0, "sample": [], "by": "darkroom"}
         out.append(result)
         if col not in df.columns:
             result.update(success=False, detail=f"column {col!r} is missing", unexpected_count=len(df))
@@ -275,7 +314,8 @@ def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None,
         if col is not None and col not in present and cfg["type"] != "expect_column_to_exist":
             results.append({"expectation": cfg["type"], "column": col, "kwargs": cfg.get("kwargs", {}),
                             "success": False, "unexpected_count": len(df), "sample": [],
-                            "detail": f"column {col!r} is missing (has {sorted(present)})"})
+                            "detail": f"column {col!r} is missing (has {sorted(present)})",
+                            "by": "darkroom"})
             continue
         try:
             impl = get_expectation_impl(cfg["type"])
@@ -314,4 +354,4 @@ def validate_products(loaded: LoadedSpec, df, *, s3_client_factory=None,
     results += check_reference_images(loaded, df, s3_client_factory, settings)
     failures = [{k: v for k, v in r.items() if k != "success"} for r in results if not r["success"]]
     return ValidationReport(suite_name, not failures, len(df), failures=failures,
-                            evaluated=len(results), results=results)
+                            evaluated=len(results), results=results, gx_result=result)

@@ -361,6 +361,29 @@ def assets_regenerate(
         raise typer.Exit(1)
 
 
+@app.command("verify")
+def verify(
+    file: Annotated[Path, typer.Argument(help="An image: a published file, or a copy found anywhere")],
+    as_json: Annotated[bool, typer.Option("--json", help="The whole result as JSON, for scripts")] = False,
+) -> None:
+    """Where FILE came from: origin, generation, checks, approval, publications, how to
+    regenerate it, and plainly what could not be verified. Exit 1 when it cannot be traced."""
+    from darkroom.stages.verify import render_text  # the catalog, pandas: only this command
+    from darkroom.stages.verify import verify as trace
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {file}: {exc}") from None
+    result = trace(data, _catalog(), Settings.from_env(), file=str(file))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        console.print(render_text(result), soft_wrap=True, highlight=False, markup=False)
+    if result.match is None:
+        raise typer.Exit(1)
+
+
 # -- models, spec -------------------------------------------------------------------------
 
 @models_app.command("build-tiny")
@@ -565,7 +588,7 @@ def _write_result(out: Path, result: dict) -> None:
 
 @app.command("bench")
 def bench(
-    stage: Annotated[str, typer.Argument(help="generate | qa")] = "generate",
+    stage: Annotated[str, typer.Argument(help="generate | qa | plan | provenance")] = "generate",
     images: Annotated[int, typer.Option(help="Images to generate")] = 16,
     batch_size: Annotated[list[int] | None, typer.Option(help="Batch sizes to compare")] = None,
     size: Annotated[int | None, typer.Option(
@@ -583,14 +606,25 @@ def bench(
         help="plan: catalog URL(s) to plan into (default: a fresh SQLite file)")] = None,
 ) -> None:
     """Measure the generate stage (images/s on this machine's device), qa (CPU ms per
-    1024x1024 image for the default checks plus one JPEG derivative) or plan (seconds to
-    validate, expand and store N variants)."""
+    1024x1024 image for the default checks plus one JPEG derivative), plan (seconds to
+    validate, expand and store N variants) or provenance (CPU ms per 1000x1000 derivative for
+    XMP, signing and the watermark; the share of published files `verify` traces after
+    stripping, re-saving and cropping)."""
 
-    if stage not in ("generate", "qa", "plan"):
-        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan")
+    if stage not in ("generate", "qa", "plan", "provenance"):
+        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan, provenance")
     # Full-size results go to their own file: they must not overwrite the tiny baseline.
     name = {"plan": "planning", "generate": "generate" if arch == "tiny" else f"generate-{arch}"}
     out = out or Path(f"docs/bench/{name.get(stage, stage)}.json")
+    if stage == "provenance":
+        from darkroom.devtools.bench_provenance import bench_provenance, summary_lines  # the stages
+
+        result = bench_provenance(Settings.from_env())
+        _write_result(out, result)
+        for line in summary_lines(result):
+            console.print(line, highlight=False)
+        console.print(f"Wrote {out}")
+        return
     if stage == "plan":
         from darkroom.devtools.bench_planning import bench_planning  # Great Expectations
 

@@ -9,6 +9,7 @@ JSON API (the same operations, for scripts and chat-ops):
     GET  /api/assets/{asset_id}
     POST /api/assets/{asset_id}/{approve|reject}            {"note": "..."}
     POST /api/runs/{dag_id}/{run_id}/{approve|reject}       {"asset_ids": [...], "note": "..."}
+    POST /api/verify                                        an image's bytes -> darkroom verify's answer
 Writes need the ``X-Darkroom-CSRF: 1`` header and JSON bodies (see security.py).
 Files (only URIs the catalog records; the client names an asset and a kind, never a path):
     GET  /files/asset/{asset_id}/{original|<channel>}?w=256
@@ -241,6 +242,29 @@ def api_decide_many(request: Request, dag_id: str, run_id: str, decision: Decisi
             refused.append({"asset_id": asset_id, "reason": str(exc)})
     code = status.HTTP_200_OK if not refused else status.HTTP_409_CONFLICT
     return JSONResponse({"decided": decided, "refused": refused}, status_code=code)
+
+
+VERIFY_MAX_BYTES = 50 * 1024 * 1024
+
+
+@app.post("/api/verify")
+async def api_verify(request: Request, user: User, cat: CatalogDep) -> dict:
+    """``darkroom verify`` for an uploaded file (its bytes as the body; ``X-Filename``
+    optional). Reads only; the answers about an asset need read access to its DAG."""
+    from darkroom.stages.verify import verify  # the watermark's and C2PA's readers: on first use
+    from starlette.concurrency import run_in_threadpool
+
+    if int(request.headers.get("content-length") or 0) > VERIFY_MAX_BYTES:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"files over {VERIFY_MAX_BYTES} bytes are refused")
+    data = await request.body()
+    if not data or len(data) > VERIFY_MAX_BYTES:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "send the image file's bytes as the request body")
+    result = await run_in_threadpool(verify, data, cat, DarkroomHook().settings(),
+                                     file=request.headers.get("x-filename"))
+    if result.answers is not None:
+        authorize_dag(user, result.answers["origin"]["request"]["dag_id"], "GET")
+    return result.to_dict()
 
 
 # -- files ------------------------------------------------------------------------------

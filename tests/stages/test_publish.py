@@ -104,7 +104,8 @@ def test_a_rerun_copies_nothing_and_a_tampered_or_missing_file_is_copied_again(p
     repaired = publish.run(ctx)
     assert (repaired["copied"], repaired["verified"]) == (2, 2)
     with ctx.catalog.session() as s:
-        expected = {d.channel: d.sha256 for d in s.query(Derivative).filter_by(asset_id=ids["approved"])}
+        # What is published is the signed file (darkroom.stages.sign), not the bare derivative.
+        expected = {d.channel: d.signed_sha256 for d in s.query(Derivative).filter_by(asset_id=ids["approved"])}
     assert hashlib.sha256(tampered.read_bytes()).hexdigest() == expected["web_tile"]
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == expected["marketplace"]

@@ -261,8 +261,10 @@ def record_upscale(catalog: Catalog, asset_id: str, record: dict) -> None:
 # -- derivatives and publications -------------------------------------------------------------
 
 def record_derivative(catalog: Catalog, asset_id: str, channel: str, stored, *, width: int,
-                      height: int, format: str) -> None:
-    """One channel's derivative of an asset (``stored``: where storage put it)."""
+                      height: int, format: str, phash: str | None = None, watermark: str | None = None,
+                      watermark_key: str | None = None) -> None:
+    """One channel's derivative of an asset (``stored``: where storage put it), with what
+    ``darkroom verify`` traces it by: its perceptual hash, the watermark's method and key."""
     with catalog.session() as s:
         row = s.scalar(select(Derivative).where(Derivative.asset_id == asset_id,
                                                 Derivative.channel == channel))
@@ -271,6 +273,7 @@ def record_derivative(catalog: Catalog, asset_id: str, channel: str, stored, *, 
             s.add(row)
         row.uri, row.sha256, row.bytes = stored.uri, stored.sha256, stored.bytes
         row.width, row.height, row.format = width, height, format
+        row.phash, row.watermark, row.watermark_key = phash, watermark, watermark_key
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,13 @@ class Claimed:
     format: str
     approved_by: str
     approved_at: datetime
+    approval_id: int  # the approving review's row
+    approval_note: str | None
+    original_uri: str  # the asset's original, the derivative's parent in its Content Credentials
+    # The sealed file a publish before this one made (stages.sign), reused while it still holds.
+    signed_uri: str | None = None
+    signed_sha256: str | None = None
+    signed_review_id: int | None = None
 
 
 def claim_approved(catalog: Catalog, run_pk: int) -> list[Claimed]:
@@ -317,8 +327,19 @@ def claim_approved(catalog: Catalog, run_pk: int) -> list[Claimed]:
             for d in a.derivatives:
                 work.append(Claimed(a.id, a.version, a.model_name, a.model_version, a.seed, v.id,
                                     v.product_id, v.prompt, d.id, d.channel, d.uri, d.sha256, d.bytes,
-                                    d.format, approval.reviewer, approval.at))
+                                    d.format, approval.reviewer, approval.at, approval.id,
+                                    approval.note, a.uri, d.signed_uri, d.signed_sha256,
+                                    d.signed_review_id))
     return work
+
+
+def record_signed(catalog: Catalog, derivative_id: int, stored, review_id: int) -> None:
+    """The sealed file made for publication from a derivative (``stored``: where storage put
+    it): Content Credentials carrying the approval ``review_id``."""
+    with catalog.session() as s:
+        row = s.get(Derivative, derivative_id)
+        row.signed_uri, row.signed_sha256, row.signed_bytes = stored.uri, stored.sha256, stored.bytes
+        row.signed_review_id = review_id
 
 
 def record_publication(catalog: Catalog, *, derivative_id: int, run_pk: int, destination: str,

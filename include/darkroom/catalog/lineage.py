@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,18 @@ from sqlalchemy.orm import selectinload
 
 from darkroom import imaging
 from darkroom.catalog.db import Catalog
-from darkroom.catalog.tables import Asset, AssetLora, Derivative, QAResult, Review, Run, Variant
+from darkroom.catalog.tables import (
+    Asset,
+    AssetLora,
+    Campaign,
+    Derivative,
+    Publication,
+    QAResult,
+    Review,
+    Run,
+    ValidationResult,
+    Variant,
+)
 from darkroom.errors import DarkroomError
 from darkroom.storage import read_uri
 
@@ -204,3 +216,120 @@ def compare_runs(catalog: Catalog, run_a: str, run_b: str, out: Path, s3_client=
     rows = [(k, a[k], b[k]) for k in keys] + [(f"qa_fail_{c}", a["qa_failures"].get(c, 0),
                                                b["qa_failures"].get(c, 0)) for c in checks]
     return {"a": a, "b": b, "image": str(out), "rows": rows}
+
+
+# -- tracing a file back (darkroom verify) --------------------------------------------------
+
+@dataclass(frozen=True)
+class Found:
+    """The catalogued file a file's bytes are identical to."""
+
+    asset_id: str
+    channel: str  # a derivative's channel, or "original"
+    exact: bool  # the published (signed) file or the original; not the derivative before signing
+    what: str
+
+
+def by_sha256(catalog: Catalog, sha256: str) -> Found | None:
+    """The published file, derivative or original whose bytes have this SHA-256."""
+    with catalog.session() as s:
+        d = s.scalars(select(Derivative).where((Derivative.signed_sha256 == sha256)
+                                               | (Derivative.sha256 == sha256))
+                      .order_by(Derivative.id)).first()
+        if d is not None:
+            signed = d.signed_sha256 == sha256
+            what = "the published file" if signed else "the derivative before signing"
+            return Found(d.asset_id, d.channel, signed, f"byte-identical to {what}")
+        a = s.scalars(select(Asset).where(Asset.sha256 == sha256)).first()
+        return Found(a.id, "original", True, "byte-identical to the original") if a else None
+
+
+def has_asset(catalog: Catalog, asset_id: str) -> bool:
+    with catalog.session() as s:
+        return s.get(Asset, asset_id) is not None
+
+
+def fingerprints(catalog: Catalog) -> list[tuple[str, str, str | None, str]]:
+    """(asset id, channel or "original", watermark key, perceptual hash) of every hashed
+    derivative and original: what a file whose metadata is gone is compared with."""
+    with catalog.session() as s:
+        rows = s.execute(select(Derivative.asset_id, Derivative.channel, Derivative.watermark_key,
+                                Derivative.phash).where(Derivative.phash.is_not(None))).all()
+        rows += [(a, "original", None, p) for a, p in
+                 s.execute(select(Asset.id, Asset.phash).where(Asset.phash.is_not(None))).all()]
+    return [tuple(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class Traced:
+    """An asset's whole record, as ``darkroom verify`` answers from it."""
+
+    answers: dict  # origin, generation, checks, approval, publications, regenerate
+    spec_path: str | None  # the campaign's spec file, for its product row now
+    watermark_keys: frozenset[str]  # the keys its derivatives carry
+
+
+def trace(catalog: Catalog, asset_id: str, this_sha256: str) -> Traced:
+    """The six answers about an asset from the catalog: origin (the product row as recorded;
+    the caller reads it as the source holds it now), generation, checks, approval,
+    publications (marking those with ``this_sha256``) and how to regenerate it."""
+    with catalog.session() as s:
+        asset = s.scalar(select(Asset).where(Asset.id == asset_id).options(
+            selectinload(Asset.variant), selectinload(Asset.qa_results), selectinload(Asset.reviews),
+            selectinload(Asset.derivatives)))
+        run = s.get(Run, asset.run_pk)
+        v = asset.variant
+        campaign = s.get(Campaign, run.campaign_id)
+        validation = s.scalars(select(ValidationResult).where(ValidationResult.run_pk == run.id)
+                               .order_by(ValidationResult.id.desc())).first()
+        latest = asset.reviews[-1] if asset.reviews else None
+        pubs = []
+        for d in asset.derivatives:
+            for p in s.scalars(select(Publication).where(Publication.derivative_id == d.id)
+                               .order_by(Publication.id)):
+                pubs.append({"channel": d.channel, "destination": p.destination, "uri": p.uri,
+                             "sha256": p.sha256, "at": p.at.isoformat(),
+                             "this_file": p.sha256 == this_sha256})
+        spec_ref = campaign.spec_path if campaign and campaign.spec_path else run.campaign_id
+        answers = {
+            "origin": {
+                "campaign": run.campaign_id,
+                "brief": ((campaign.spec_body or {}).get("brief") or "").strip() if campaign else "",
+                "spec": spec_ref, "spec_hash": run.spec_hash,
+                "product_id": v.product_id,
+                "product": {"recorded_row_hash": (v.params or {}).get("row_hash")},
+                "request": {"dag_id": run.dag_id, "run_id": run.run_id, "conf": run.conf,
+                            "started_at": run.started_at.isoformat() if run.started_at else None,
+                            "asset_type": v.asset_type, "channels": list(v.channels),
+                            "template_version": v.template_version, "variant_id": v.id},
+                "mlflow_run_id": run.mlflow_run_id,
+            },
+            "generation": {
+                "prompt": v.prompt, "negative_prompt": v.negative_prompt,
+                "model": asset.model_name, "model_version": asset.model_version,
+                "model_ref": run.model_ref, "loras": asset.loras or [], "seed": asset.seed,
+                "parameters": {"scheduler": asset.scheduler, "steps": asset.steps,
+                               "guidance": asset.guidance, "width": asset.width, "height": asset.height,
+                               "backend": asset.backend, "forward_pass": len(asset.forward_pass or [v.id]),
+                               **{k: x for k, x in (v.params or {}).items() if k != "row_hash"}},
+                "asset_version": asset.version, "supersedes": asset.supersedes_id,
+            },
+            "checks": {
+                "product_data": ({"suite": validation.suite, "passed": validation.success,
+                                  "rows": validation.rows} if validation else None),
+                "policy": "passed (restricted terms: none found in the prompt)",
+                "qa": [{"check": q.check, "passed": q.passed, "status": q.status, "value": q.value,
+                        "threshold": q.threshold} for q in asset.qa_results],
+                "qa_passed": bool(asset.qa_results) and all(q.passed for q in asset.qa_results),
+            },
+            "approval": ({"decision": latest.decision, "reviewer": latest.reviewer, "note": latest.note,
+                          "at": latest.at.isoformat()} if latest else None),
+            "publications": pubs,
+            "regenerate": {
+                "exact": f"darkroom assets regenerate {asset.id}",
+                "with_a_new_model_version": (f"darkroom regenerate {spec_ref} --model-version VERSION "
+                                             f"--where product={v.product_id}"),
+            },
+        }
+        return Traced(answers, campaign.spec_path if campaign else None,
+                      frozenset(d.watermark_key for d in asset.derivatives if d.watermark_key))

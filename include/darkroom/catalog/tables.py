@@ -267,7 +267,10 @@ class QAResult(Base):
 
 class Derivative(Base):
     __tablename__ = "derivative"
-    __table_args__ = (UniqueConstraint("asset_id", "channel", name="uq_derivative_asset_channel"),)
+    __table_args__ = (UniqueConstraint("asset_id", "channel", name="uq_derivative_asset_channel"),
+                      # darkroom verify: a stripped file by its watermark, a file by its bytes
+                      Index("ix_derivative_watermark_key", "watermark_key"),
+                      Index("ix_derivative_signed_sha256", "signed_sha256"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     asset_id: Mapped[str] = mapped_column(ForeignKey("asset.id"), index=True)
@@ -278,6 +281,16 @@ class Derivative(Base):
     height: Mapped[int] = mapped_column(Integer)
     format: Mapped[str] = mapped_column(String(16))
     bytes: Mapped[int] = mapped_column(BigInteger)
+    # Provenance (0007): the derivative's perceptual hash; the invisible watermark's
+    # method and key (darkroom.provenance.watermark), None when the channel has none; the
+    # signed file publishing copied (Content Credentials with the approval, signed_review_id).
+    phash: Mapped[str | None] = mapped_column(String(32))
+    watermark: Mapped[str | None] = mapped_column(String(32))
+    watermark_key: Mapped[str | None] = mapped_column(String(16))
+    signed_uri: Mapped[str | None] = mapped_column(Text)
+    signed_sha256: Mapped[str | None] = mapped_column(String(64))
+    signed_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    signed_review_id: Mapped[int | None] = mapped_column(Integer)
 
     asset: Mapped[Asset] = relationship(back_populates="derivatives")
     publications: Mapped[list[Publication]] = relationship(back_populates="derivative")

@@ -181,7 +181,9 @@ def _file_digest(path: Path) -> str:
 def _model_files(root: Path) -> list[Path]:
     if root.is_file():  # a single weights file (a LoRA's .safetensors)
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    # A download tool's own .cache folder inside the model is not the model; judged on the
+    # path *inside* the model folder, since models themselves live under ~/.cache (the hub's).
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.relative_to(root).parts)
 
 
 def _dir_digest(root: Path, files: list[Path]) -> str:

@@ -68,4 +68,5 @@ def store(ctx: RunContext, asset: Asset, d: recipes.Rendered) -> None:
     stored = ctx.storage.put(ctx.key("derivatives", d.channel, f"{asset.variant_id}.{d.extension}"),
                              d.data, f"image/{d.format}")
     assets.record_derivative(ctx.catalog, asset.id, d.channel, stored, width=d.width, height=d.height,
-                             format=d.format)
+                             format=d.format, phash=d.phash, watermark=d.watermark,
+                             watermark_key=d.watermark_key)

@@ -11,6 +11,11 @@ the gallery) instead of silently losing to a copy already under way; an asset wi
 that could not be copied has its claim released (``approved`` again), the task fails naming
 the destination and the reason, and the retry (which selects approved and published assets)
 copies what is missing.
+
+What is copied is the sealed file (darkroom.stages.sign): the derivative with the approval in
+its XMP and signed Content Credentials, read back before it goes out. An asset with a
+derivative whose credentials do not verify is not published either: its claim is released
+and the task fails naming the file and why.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from darkroom import confine, tracking
 from darkroom.catalog import assets, runs
 from darkroom.errors import StorageError, ValidationFailed
 from darkroom.ids import key_part
+from darkroom.stages import sign
 from darkroom.stages.context import RunContext
 from darkroom.storage import FileStorage, S3Storage, Storage, read_uri
 
@@ -41,15 +47,20 @@ def run(ctx: RunContext, approvals: dict | None = None) -> dict:
     """
     # 1. Claim every approved asset (nothing reaches a destination without an approval).
     work = assets.claim_approved(ctx.catalog, ctx.run_pk)
-    # 2. Copy each derivative to each destination, unless it is there already.
     targets = [destination_storage(ctx, dest) for dest in ctx.spec.publish]
+    # 2. Seal each derivative: the approval into its XMP, Content Credentials signed and read back.
+    signed, refused = sign.for_publication(ctx, work)
+    # 3. Copy each sealed file to each destination, unless it is there already.
     copied = verified = 0
     manifest = []
     failed: dict[str, str] = {}  # asset id -> the first file of it that could not be written
     for store in targets:
         for item in work:
+            if item.asset_id in refused:
+                continue  # a derivative's credentials did not verify: none of the asset goes out
+            sealed = signed[item.derivative_id]
             try:
-                uri, was_copied = copy(ctx, store, item)
+                uri, was_copied = copy(ctx, store, item, sealed)
             except Exception as exc:  # a destination that cannot be written: see release_claims
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 failed.setdefault(item.asset_id, f"{store.uri_for(destination_key(ctx, item))}: "
@@ -58,11 +69,13 @@ def run(ctx: RunContext, approvals: dict | None = None) -> dict:
             copied += was_copied
             verified += not was_copied
             assets.record_publication(ctx.catalog, derivative_id=item.derivative_id, run_pk=ctx.run_pk,
-                                      destination=store.root_uri, uri=uri, sha256=item.sha256)
-            manifest.append(manifest_row(item, uri))
+                                      destination=store.root_uri, uri=uri, sha256=sealed.sha256)
+            manifest.append(manifest_row(item, uri, sealed.sha256))
+    if refused:
+        refuse(ctx, refused, failed)
     if failed:
         release_claims(ctx, failed)
-    # 3. The manifest, beside the files and with the run.
+    # 4. The manifest, beside the files and with the run.
     manifest_uri = write_manifest(ctx, targets, manifest)
     summary = {"published_assets": len({w.asset_id for w in work}), "files": len(manifest),
                "copied": copied, "verified": verified, "destinations": [t.root_uri for t in targets],
@@ -70,7 +83,7 @@ def run(ctx: RunContext, approvals: dict | None = None) -> dict:
     runs.mark_published(ctx.catalog, ctx.run_pk, manifest_uri, summary["published_assets"])
     log.info("Published %d files for %d assets to %d destination(s): %d copied, %d verified",
              len(manifest), summary["published_assets"], len(targets), copied, verified)
-    # 4. The outcome in the run's MLflow run (when track logged one).
+    # 5. The outcome in the run's MLflow run (when track logged one).
     track(ctx, summary, approvals or {})
     return summary
 
@@ -94,18 +107,18 @@ def destination_storage(ctx: RunContext, dest) -> Storage:
     return S3Storage(dest.bucket, dest.prefix, client=client, endpoint_url=endpoint)
 
 
-def copy(ctx: RunContext, store: Storage, item: assets.Claimed) -> tuple[str, bool]:
-    """Put one derivative at its destination key unless an identical file is there; return
-    its URI there and whether it was copied."""
+def copy(ctx: RunContext, store: Storage, item: assets.Claimed, sealed: sign.Signed) -> tuple[str, bool]:
+    """Put one derivative's sealed file at its destination key unless an identical file is
+    there; return its URI there and whether it was copied."""
     key = destination_key(ctx, item)
     uri = store.uri_for(key)
     there = store.stat(uri)
-    if there is not None and there.sha256 == item.sha256 and there.bytes == item.bytes:
+    if there is not None and there.sha256 == sealed.sha256 and there.bytes == sealed.bytes:
         return uri, False
     if there is not None:
         log.warning("%s differs from the catalog (sha256 %s, expected %s): copying again",
-                    uri, there.sha256, item.sha256)
-    store.put(key, read_uri(item.uri, s3_client=ctx.s3), f"image/{item.format}")
+                    uri, there.sha256, sealed.sha256)
+    store.put(key, read_uri(sealed.uri, s3_client=ctx.s3), f"image/{item.format}")
     return uri, True
 
 
@@ -127,9 +140,24 @@ def release_claims(ctx: RunContext, failed: dict[str, str]) -> None:
                        "(permissions, free space, the path) and run the publish task again")
 
 
-def manifest_row(item: assets.Claimed, uri: str) -> dict:
+def refuse(ctx: RunContext, refused: dict[str, str], failed: dict[str, str]) -> None:
+    """Assets with a derivative whose credentials did not verify are not published (nor are
+    those that could not be written): their claims are released, and the task fails naming
+    each refused file and why."""
+    assets.release_claims(ctx.catalog, [*refused, *failed])
+    also = (f"\n({len(failed)} more could not be written; first: {next(iter(failed.values()))})"
+            if failed else "")
+    raise sign.PublishRefused(
+        f"{ctx.loaded.path}: {len(refused)} asset(s) not published, stay approved: the Content "
+        "Credentials of a derivative did not verify:\n  - " + "\n  - ".join(refused.values())
+        + "\nfix the signing key (DARKROOM_C2PA_CERT / DARKROOM_C2PA_KEY / DARKROOM_C2PA_TRUST_ANCHORS)"
+        " and run the publish task again" + also)
+
+
+def manifest_row(item: assets.Claimed, uri: str, sha256: str) -> dict:
+    """One published file: ``sha256`` is the sealed file's, as it is at the destination."""
     return {"asset_id": item.asset_id, "variant_id": item.variant_id, "product_id": item.product_id,
-            "channel": item.channel, "destination_uri": uri, "sha256": item.sha256,
+            "channel": item.channel, "destination_uri": uri, "sha256": sha256,
             "model": item.model_name, "model_version": item.model_version, "seed": item.seed,
             "prompt": item.prompt, "approved_by": item.approved_by,
             "approved_at": item.approved_at.isoformat()}

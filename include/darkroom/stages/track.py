@@ -21,7 +21,7 @@ from darkroom.storage import read_uri
 
 log = logging.getLogger("darkroom")
 
-SAMPLE_IMAGES = 8  # originals logged with mlflow.log_image per run
+SAMPLE_IMAGES = 8  # originals logged per run, as their own bytes
 
 
 def run(ctx: RunContext) -> dict:
@@ -37,7 +37,8 @@ def run(ctx: RunContext) -> dict:
         ctx.settings, campaign_id=ctx.spec.id, dag_id=ctx.dag_id, run_id=ctx.run_id,
         tags=run_tags(ctx, run_ref, used), params=run_params(ctx, run_ref, run_assets),
         metrics=run_metrics(ctx, run_assets, run_ref.summary, used), artifacts=artifacts(ctx, sheet_uri),
-        samples=samples(ctx, run_assets), table=asset_table(run_assets), attempt=run_ref.attempt)
+        samples=samples(ctx, run_assets), table=asset_table(run_assets), attempt=run_ref.attempt,
+        products=product_rows(ctx))
     runs.set_mlflow_run(ctx.catalog, ctx.run_pk, mlflow_run_id)
     log.info("Tracked run in MLflow %s (run %s); contact sheet %s",
              ctx.settings.mlflow_tracking_uri, mlflow_run_id, sheet_uri)
@@ -156,8 +157,23 @@ def artifacts(ctx: RunContext, sheet_uri: str) -> dict[str, bytes]:
 
 
 def samples(ctx: RunContext, run_assets: list[Asset]) -> dict[str, bytes]:
+    """The first originals' files as generate stored them, provenance chunks and all."""
     return {f"samples/{key_part(a.variant.product_id)}-{a.id}.png": read_uri(a.uri, s3_client=ctx.s3)
             for a in [a for a in run_assets if a.uri][:SAMPLE_IMAGES]}
+
+
+def product_rows(ctx: RunContext) -> tracking.ProductRows | None:
+    """The product rows, for the run's MLflow dataset input; None, with a warning, when the
+    source cannot be read now (validate_inputs read it; a source moved since must not cost
+    the run its tracking)."""
+    try:
+        frame = ctx.products_frame()
+    except Exception as exc:
+        log.warning("MLflow: product data not logged as a dataset: %s", exc)
+        return None
+    p = ctx.spec.products
+    return tracking.ProductRows(frame, ctx.loaded.product_source, f"{ctx.spec.id}.products",
+                                table=p.table, query=p.query)
 
 
 def asset_table(run_assets: list[Asset]) -> dict[str, list]:

@@ -3,13 +3,13 @@ its own assets and manifest), run.model_identity, and asset_claim (exactly one r
 each asset)
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
