@@ -192,3 +192,22 @@ def test_library_notices_go_through_logging_at_their_own_level(capfd, caplog):
              if r.name.startswith(("diffusers", "transformers"))]
     assert notes == [("diffusers.pipelines.stable_diffusion", "WARNING",
                       "The following part of your input was tru")]
+
+
+def test_a_fresh_worker_loading_a_pipeline_writes_nothing_to_stderr(tiny_model):
+    """What a generate task's log showed as errors: the torchvision notices (emitted while
+    diffusers itself is imported) and the loading progress bars. A fresh process, as a task."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; logging.basicConfig(stream=sys.stdout, level=logging.INFO)\n"
+            "import darkroom.generation.local\n"
+            "from diffusers import DiffusionPipeline\n"
+            f"pipe = DiffusionPipeline.from_pretrained({str(tiny_model)!r})\n"
+            "print('loaded', type(pipe).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "loaded" in done.stdout
+    assert "requires torchvision" not in done.stderr + done.stdout
+    assert "Loading pipeline components" not in done.stderr and "Loading weights" not in done.stderr
+    assert done.stderr.strip() == "", done.stderr[-2000:]

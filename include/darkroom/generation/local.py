@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import inspect
-import logging
 import resource
 import threading
 import time
@@ -45,23 +44,16 @@ from darkroom.generation.models import ModelRef, PipelineOptions, model_family
 from darkroom.generation.types import SCHEDULERS, DeviceUse, Request, Result
 
 
-class _NoFallbackNotice(logging.Filter):
-    """transformers' "requires torchvision ... falling back to the PIL processor" notice: the
-    PIL processors are the ones we use; nothing to act on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision" not in record.getMessage()
-
-
 def library_notices_through_logging() -> None:
-    """diffusers and transformers print their notices straight to stderr, which an Airflow
-    task log files as errors: send them through Python logging at their own level (a prompt
-    CLIP truncates at 77 tokens is a warning), and drop the torchvision fallback notice."""
+    """diffusers and transformers print their notices and progress bars straight to stderr,
+    which an Airflow task log files as errors: send the notices through Python logging at
+    their own level (a prompt CLIP truncates at 77 tokens is a warning), and draw no bars (a
+    batch logs its own progress). The torchvision fallback notice is dropped in
+    darkroom.generation, before these imports emit it."""
     for lib in (diffusers, transformers):
         lib.utils.logging.disable_default_handler()
         lib.utils.logging.enable_propagation()
-    # A logger's filter sees only its own records: the notice's own logger.
-    logging.getLogger("transformers.utils.import_utils").addFilter(_NoFallbackNotice())
+        lib.utils.logging.disable_progress_bar()
 
 
 library_notices_through_logging()
