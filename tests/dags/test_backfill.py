@@ -85,4 +85,5 @@ def test_darkroom_up_unpauses_the_campaign_dags(airflow_home, monkeypatch):
     stack = local_stack_env()
     assert stack["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
     assert 2 <= int(stack["AIRFLOW__CORE__PARALLELISM"]) <= max(2, len(os.sched_getaffinity(0)))
+    assert stack["AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL"] == "600"
     assert local_stack_env(keep_paused=True)["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
