@@ -85,7 +85,9 @@ def test_model_version_is_a_content_checksum(tiny_model, tmp_path):
     ref = resolve_model(str(tiny_model), None, settings)
     assert len(ref.version) == 12 and ref.model_hash == ref.version[:10]
     assert resolve_model(str(tiny_model), None, settings, ref.version[:8]).version == ref.version
-    with pytest.raises(ModelError, match=r"model_version 'abc' was requested but .* is version"):
+    with pytest.raises(ModelError, match=r"model_version 'abc' is not a version of tiny-sd .*a local "
+                                         rf"folder has one version, its checksum \({ref.version}\); fix: "
+                                         r".*register both folders as versions of a profile"):
         resolve_model(str(tiny_model), None, settings, "abc")
 
 
