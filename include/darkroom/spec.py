@@ -24,6 +24,8 @@ from darkroom.errors import SpecError
 from darkroom.sandbox import PromptSandbox
 from darkroom.yaml_safe import load_yaml
 
+#: Every campaign's DAG id is this prefix and the campaign id.
+DAG_PREFIX = "campaign__"
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -570,6 +572,12 @@ class CampaignSpec(_Model):
                                  "@weekly, @monthly, @quarterly, @yearly, @once, @continuous); "
                                  "null = manual")
     tags: list[str] = Field(default_factory=list)
+    max_active_runs: int = Field(
+        4, ge=1, le=64,
+        description="Runs of this campaign at once, runs waiting for reviewers included, so a "
+        "scheduled refresh starts while an earlier run waits for review. Concurrent runs never "
+        "draw the same variant twice (each claims what it draws in the catalog). A backfill "
+        "sets its own limit: `airflow backfill create --max-active-runs`")
     products: ProductSource
     prompts: Prompts
     brand: BrandRules = BrandRules()
@@ -625,7 +633,7 @@ class CampaignSpec(_Model):
     # -- derived values -------------------------------------------------------------
     @property
     def dag_id(self) -> str:
-        return f"campaign__{self.id}"
+        return f"{DAG_PREFIX}{self.id}"
 
     @property
     def uses_model_upscaler(self) -> bool:

@@ -18,7 +18,7 @@ from PIL import Image
 from darkroom import ids, imaging
 from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import AssetStatus, Variant
-from darkroom.generation import resolve, routing
+from darkroom.generation import routing
 from darkroom.generation.passes import generate_halving
 from darkroom.generation.types import PRIVATE_BACKENDS, InvalidRequest, Request, device_use
 from darkroom.stages.context import RunContext
@@ -35,17 +35,20 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
     :param progress: called with 1 for each image written.
     """
     # 1. Resolve the model to a concrete version (recorded on the run and every asset).
-    ref, g = resolve.for_campaign(ctx.loaded, ctx.settings, ctx.conf.model_version)
+    ref, g = ctx.model()
     runs.record_model(ctx.catalog, ctx.run_pk, ref)
-    # 2. Skip variants already generated with this identity (retries, re-runs, refreshes).
+    # 2. Draw what this run claimed and has no image of yet (retries, re-runs and refreshes
+    #    skip the rest; another run still working on a variant keeps it).
     planned = runs.planned(ctx.catalog, ctx.run_pk, batch)
     variants = [v for v, _ in planned]
     asset_ids = {v.id: ids.asset_id(v.id, ref.identity) for v in variants}
-    done = assets.generated_ids(ctx.catalog, asset_ids.values())
-    todo = [v for v in variants if asset_ids[v.id] not in done]
+    share = assets.claim(ctx.catalog, ctx.run_pk, {asset_ids[v.id]: v.id for v in variants}, ctx.alive)
+    done = assets.generated_ids(ctx.catalog, share.mine)
+    todo = [v for v in variants if asset_ids[v.id] in share.mine and asset_ids[v.id] not in done]
     counts = Counter(skipped=len(variants) - len(todo))
-    log.info("Batch %d: %d variants, %d already generated with model %s@%s, %d to generate",
-             batch, len(variants), counts["skipped"], ref.name, ref.version, len(todo))
+    log.info("Batch %d: %d variants, %d already generated with model %s@%s, %d drawn by other "
+             "running runs, %d to generate", batch, len(variants), len(done | share.reused), ref.name,
+             ref.version, len(share.held), len(todo))
     if not todo:
         return {"batch": batch, **counts}
     # 3. The backends routing chose for each variant when the run was planned.

@@ -4,7 +4,11 @@ over. Each planned variant carries the backend the spec's routing rules chose fo
 GPU workers never read the product source.
 
 Variant ids are hashes of their identity, so a re-run (or a scheduled refresh) finds the
-variants it already has, stores only the new ones, and generate skips what exists.
+variants it already has, stores only the new ones, and generate skips what exists. The run
+claims the assets it will draw (catalog.assets.claim): runs of one campaign at once never
+draw the same variant twice at the same model, and what an unfinished earlier run left
+undecided is adopted here and taken through QA, review and publishing. So the plan's
+message counts what this run will really draw.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import json
 import logging
 import statistics
 from collections import Counter
+from dataclasses import dataclass, field
 
-from darkroom import confine, prompts
+from darkroom import confine, ids, prompts
 from darkroom.catalog import assets, runs
 from darkroom.config import PROJECT_ROOT
-from darkroom.errors import PolicyError, ValidationFailed
+from darkroom.errors import ModelFilesMissing, PolicyError, ValidationFailed
 from darkroom.generation import routing
 from darkroom.products import iter_rows
 from darkroom.stages.context import RunContext
@@ -47,21 +52,69 @@ def run(ctx: RunContext) -> list[int]:
     routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, frame, allowed))
     # 5. Store new variants and the run's plan, in bulk.
     new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected, routes)
-    done = runs.already_generated(ctx.catalog, [v.id for v in allowed])
-    to_generate = len(allowed) - len(done)
-    # 6. The plan as text (estimated GPU time and cost) and the run's summary.
-    size = len(batches[0]) if batches else 0
-    text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), new=to_generate, size=size)
     new_allowed = sum(1 for v in allowed if v.id in new)
+    # 6. Claim what this run draws (a dry run only looks): its own, what unfinished runs left.
+    share = claim(ctx, [v.id for v in allowed], reserve=not ctx.conf.dry_run)
+    # 7. The plan as text (estimated GPU time and cost) and the run's summary.
+    size = len(batches[0]) if batches else 0
+    text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), new=share.to_generate,
+                     size=size, detail=share.describe())
     runs.update_summary(ctx.catalog, ctx.run_pk, planned=len(allowed), policy_rejected=len(rejected),
-                        policy_terms=dict(terms), new_variants=new_allowed, to_generate=to_generate,
-                        batches=len(batches), plan=text)
-    log.info("Planned %d variants (%d new, %d to generate, %d rejected by policy) in %d batches of up to %d",
-             len(allowed), new_allowed, to_generate, len(rejected), len(batches), size)
+                        policy_terms=dict(terms), new_variants=new_allowed, batches=len(batches),
+                        plan=text, **share.summary())
+    log.info("Planned %d variants (%d new; %s; %d rejected by policy) in %d batches of up to %d",
+             len(allowed), new_allowed, share.describe(), len(rejected), len(batches), size)
     if ctx.conf.dry_run:
         log.info("Dry run: stopping after the plan.\n%s", text)
         return []
     return list(range(len(batches)))
+
+
+@dataclass
+class Share:
+    """What this run draws of the variants it planned, and what others have (see claim)."""
+
+    to_generate: int = 0
+    made: int = 0  # already drawn by this run (a retried plan)
+    adopted: int = 0  # of the above two, taken over from runs that ended without deciding them
+    held: dict[str, int] = field(default_factory=dict)  # run id -> variants it still works on
+    reused: int = 0  # settled by earlier runs: not drawn, checked or published again
+    unresolved: bool = False  # the model is not visible here: generate claims on the GPU worker
+
+    def summary(self) -> dict:
+        return {"to_generate": self.to_generate, "already_made": self.made, "adopted": self.adopted,
+                "held_by_other_runs": dict(self.held), "reused": self.reused}
+
+    def describe(self) -> str:
+        if self.unresolved:
+            return f"up to {self.to_generate} to generate (the GPU worker resolves the model)"
+        parts = [f"{self.to_generate} to generate"]
+        if self.made:
+            parts.append(f"{self.made} already made by this run")
+        if self.adopted:
+            parts.append(f"{self.adopted} adopted from runs that ended before review")
+        if self.reused:
+            parts.append(f"{self.reused} reused from earlier runs")
+        for run_id, n in self.held.items():
+            parts.append(f"{n} drawn by run {run_id}, still running")
+        return ", ".join(parts)
+
+
+def claim(ctx: RunContext, variant_ids: list[str], *, reserve: bool = True) -> Share:
+    """Claim the assets of ``variant_ids`` at this run's model (catalog.assets.claim): what
+    is left to draw, what this run made before, adopted, reused, or another run still has."""
+    try:
+        ref, _ = ctx.model()
+    except ModelFilesMissing:  # a CPU worker without the model's folder: generate claims
+        return Share(to_generate=len(variant_ids), unresolved=True)
+    wanted = {ids.asset_id(v, ref.identity): v for v in variant_ids}
+    got = assets.claim(ctx.catalog, ctx.run_pk, wanted, ctx.alive, reserve=reserve)
+    made = assets.generated_ids(ctx.catalog, got.mine)
+    held: Counter = Counter()
+    for owner in got.held.values():
+        held[runs.get(ctx.catalog, owner).run_id] += 1
+    return Share(to_generate=len(got.mine - made), made=len(made - got.adopted),
+                 adopted=len(got.adopted), held=dict(held), reused=len(got.reused))
 
 
 def input_images(ctx: RunContext, row: dict) -> dict:
@@ -154,13 +207,15 @@ def seconds_per_image(ctx: RunContext) -> tuple[float | None, str]:
 
 
 def plan_text(ctx: RunContext, n: int, batches: int, *, rejected: int = 0, new: int | None = None,
-              size: int = 0) -> str:
-    """The dry-run plan: variants, batches, derivatives, estimated GPU time and cost."""
+              size: int = 0, detail: str | None = None) -> str:
+    """The dry-run plan: variants, batches, derivatives, estimated GPU time and cost.
+    ``detail``: what of the ``n`` this run draws and who has the rest (Share.describe)."""
     g = ctx.spec.generation
     new = n if new is None else new
+    detail = detail or f"{new} to generate, {n - new} already generated"
     per_variant = {at.name: len(at.channels) for at in ctx.spec.asset_types}
     lines = [
-        f"Plan for {ctx.spec.id}: {n} variants ({new} to generate, {n - new} already generated; "
+        f"Plan for {ctx.spec.id}: {n} variants ({detail}; "
         f"{rejected} rejected by policy), {batches} mapped task(s) per stage of up to {size} "
         f"variants (ceiling {g.max_mapped_tasks}); {g.width}x{g.height}, {g.steps} steps; "
         f"channels: {', '.join(ctx.spec.channels)} (up to {n * max(per_variant.values())} derivatives)",

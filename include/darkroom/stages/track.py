@@ -38,7 +38,8 @@ def run(ctx: RunContext) -> dict:
         ctx.settings, campaign_id=ctx.spec.id, dag_id=ctx.dag_id, run_id=ctx.run_id,
         tags=run_tags(ctx, run_ref, used), params=run_params(ctx, run_ref, run_assets),
         metrics=run_metrics(ctx, run_assets, run_ref.summary, used), artifacts=artifacts(ctx, sheet_uri),
-        samples=samples(ctx, run_assets), table=asset_table(run_assets), products=product_rows(ctx))
+        samples=samples(ctx, run_assets), table=asset_table(run_assets), attempt=run_ref.attempt,
+        products=product_rows(ctx))
     runs.set_mlflow_run(ctx.catalog, ctx.run_pk, mlflow_run_id)
     log.info("Tracked run in MLflow %s (run %s); contact sheet %s",
              ctx.settings.mlflow_tracking_uri, mlflow_run_id, sheet_uri)
@@ -87,7 +88,9 @@ def contact_sheet(ctx: RunContext) -> str:
         caption = (f"{v.id[:10]} s{a.seed}" + (f" (retry {v.attempt})" if v.attempt else "")
                    + f"\n{v.product_id} {v.asset_type}\n{', '.join(v.channels)}")
         tiles.append((img, caption, a.status))
-    sheet = imaging.contact_sheet(tiles, title=f"{ctx.spec.id} / {ctx.run_id} / {len(tiles)} images")
+    attempt = runs.get(ctx.catalog, ctx.run_pk).attempt
+    label = ctx.run_id + (f" (attempt {attempt})" if attempt else "")
+    sheet = imaging.contact_sheet(tiles, title=f"{ctx.spec.id} / {label} / {len(tiles)} images")
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     stored = ctx.storage.put(ctx.key("contact_sheet.png"), buf.getvalue(), "image/png")
@@ -131,7 +134,7 @@ def run_params(ctx: RunContext, run_ref: runs.RunRef, run_assets: list[Asset]) -
         "template_versions": json.dumps(sorted({a.variant.template_version for a in run_assets})),
         "seeds_per_variant": g.seeds_per_variant,
         "batch_size": g.batch_size,
-        "conf": json.dumps(ctx.conf.__dict__, default=str)[:6000],
+        "conf": json.dumps(ctx.conf.as_conf(), default=str)[:6000],
     }
 
 
