@@ -74,6 +74,7 @@ bench: $(STAMP) $(TINY)
 	$(BIN)/darkroom bench qa --out docs/bench/qa.json
 	$(BIN)/darkroom bench plan --variants 10000 --out docs/bench/planning.json
 	$(BIN)/darkroom bench provenance --out docs/bench/provenance.json
+	$(BIN)/darkroom bench post --out docs/bench/post.json
 
 # The local Celery stack (as test-integration) with 1, then 2 default workers: ~13 min, so not
 # part of `bench` or `test`. nice: it shares the machine with whatever else runs.

@@ -61,7 +61,8 @@ def test_real_esrgan_upscales_256_to_1024_sharper_than_lanczos(esrgan, tmp_path)
     big = imaging.decode(up.data)
     lanczos = postprocess.lanczos_upscale(original, 1024)
     assert big.size == lanczos.size == (1024, 1024)
-    # More detail than Lanczos on the same original (measured here: ~3x the Laplacian variance).
+    # More detail than Lanczos on the same original (measured here: 81.7 against 1.8, the
+    # Lanczos result being smooth ramps between soft edges).
     sharp, soft = laplacian_variance(big), laplacian_variance(lanczos)
     assert sharp > 1.5 * soft, (sharp, soft)
     # ... and still the same picture, not a hallucination: close to Lanczos at low frequencies.
