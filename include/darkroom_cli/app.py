@@ -607,7 +607,7 @@ def _write_result(out: Path, result: dict) -> None:
 
 @app.command("bench")
 def bench(
-    stage: Annotated[str, typer.Argument(help="generate | qa | plan | provenance")] = "generate",
+    stage: Annotated[str, typer.Argument(help="generate | qa | plan | provenance | post")] = "generate",
     images: Annotated[int, typer.Option(help="Images to generate")] = 16,
     batch_size: Annotated[list[int] | None, typer.Option(help="Batch sizes to compare")] = None,
     size: Annotated[int | None, typer.Option(
@@ -628,10 +628,11 @@ def bench(
     1024x1024 image for the default checks plus one JPEG derivative), plan (seconds to
     validate, expand and store N variants) or provenance (CPU ms per 1000x1000 derivative for
     XMP, signing and the watermark; the share of published files `verify` traces after
-    stripping, re-saving and cropping)."""
+    stripping, re-saving and cropping) or post (CPU ms per 1024x1024 image of each
+    post-processing model step: Real-ESRGAN, background removal, the no_text check)."""
 
-    if stage not in ("generate", "qa", "plan", "provenance"):
-        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan, provenance")
+    if stage not in ("generate", "qa", "plan", "provenance", "post"):
+        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan, provenance, post")
     # Full-size results go to their own file: they must not overwrite the tiny baseline.
     name = {"plan": "planning", "generate": "generate" if arch == "tiny" else f"generate-{arch}"}
     out = out or Path(f"docs/bench/{name.get(stage, stage)}.json")
@@ -639,6 +640,15 @@ def bench(
         from darkroom.devtools.bench_provenance import bench_provenance, summary_lines  # the stages
 
         result = bench_provenance(Settings.from_env())
+        _write_result(out, result)
+        for line in summary_lines(result):
+            console.print(line, highlight=False)
+        console.print(f"Wrote {out}")
+        return
+    if stage == "post":
+        from darkroom.devtools.bench_post import bench_post, summary_lines  # the post models
+
+        result = bench_post(images=min(images, 4))
         _write_result(out, result)
         for line in summary_lines(result):
             console.print(line, highlight=False)
