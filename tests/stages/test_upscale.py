@@ -12,6 +12,7 @@ from darkroom import imaging, postprocess, upscaler
 from darkroom.catalog import runs
 from darkroom.catalog.tables import Asset, AssetStatus, Derivative
 from darkroom.config import Settings
+from darkroom.errors import RunFailed
 from darkroom.stages import generate, plan, qa, upscale, validate
 from darkroom.stages import postprocess as postprocess_stage
 from darkroom.stages.sequence import run_to_review
@@ -152,7 +153,9 @@ def test_background_removal_through_postprocess_keeps_the_mask_beside_the_deriva
 @pytest.mark.usefixtures("use_tiny_model")
 def test_a_cutout_with_no_product_fails_the_asset_saying_why(tmp_path):
     ctx = _cutout_ctx(tmp_path)  # the tiny model's noise: U²-Net finds (almost) no product
-    run_to_review(ctx)
+    # Its only asset failed, so the run ends failed at track, giving the asset's reason.
+    with pytest.raises(RunFailed, match="product mask covers"):
+        run_to_review(ctx)
     with ctx.catalog.session() as s:
         asset = s.scalars(select(Asset)).one()
         assert s.scalars(select(Derivative)).all() == []
