@@ -40,7 +40,7 @@ def style_caption(scene: scenes.Scene, rng: np.random.Generator) -> str:
 
 
 def train_lora(pipe, latents, style: list[scenes.Scene], steps: int, rng: np.random.Generator, *,
-               rank: int = 8, batch: int = 32, lr: float = 2e-3,
+               rank: int = 8, batch: int = 32, lr: float = 4e-4,
                tick: Callable[[float], None] = lambda loss: None):
     """Add a rank-``rank`` LoRA to ``pipe.unet`` and train it (base weights frozen) on the
     style's latents with the base model's own v-prediction loss. Returns the loss curve."""
@@ -81,6 +81,9 @@ def train_lora(pipe, latents, style: list[scenes.Scene], steps: int, rng: np.ran
         loss = (torch.clamp(snr, max=5.0) / (snr + 1) * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # Clipped as the base model's training is: unclipped at 2e-3 the adapter drowned the
+        # products in a teal grid (the palette moved, the pictures were lost).
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         curve.add(step, loss.item())
         tick(loss.item())
