@@ -4,8 +4,9 @@ Prompts are the example campaigns' own: their specs' templates rendered over the
 files by the real prompt expansion (``render_variants``), with more seeds, plus every
 spring product re-coloured in three other catalogue colours (the same template, a changed
 ``colour`` column), so the score is not one colour per product learnt by heart. Pictures come
-from the real local backend (``resolve_model`` + ``LocalDiffusersBackend``), at the
-campaigns' own scheduler / steps / guidance and at the model card's recommended ones. The
+from the real local backend (``resolve_model`` + ``LocalDiffusersBackend``), at demo_tiles'
+scheduler / steps / guidance (what ``make demo`` draws with) and at the model card's
+recommended ones (summer_social's own are the tiny model's: 3 steps). The
 prompt-match classifier reads each picture back. The random tiny model runs the same prompts:
 it must land near chance, or the check cannot tell pictures from noise.
 """
@@ -29,7 +30,8 @@ from darkroom.config import PROJECT_ROOT, Settings
 from darkroom.devtools.demo import catalogue as cat
 from darkroom.devtools.demo.generator import RECOMMENDED
 
-CAMPAIGNS = ("spring_tiles", "summer_social")
+# demo_tiles is the spring catalogue with spring_tiles' prompts, on the demo model's settings.
+CAMPAIGNS = ("demo_tiles", "summer_social")
 RECOLOURS_PER_PRODUCT = 3
 BATCH = 8
 
@@ -124,8 +126,11 @@ def bench_demo_model(settings: Settings, *, seeds: int = 3) -> dict:
     from darkroom.generation.local import LocalDiffusersBackend
     from darkroom.generation.resolve import resolve_model
     from darkroom.prompt_match import PromptMatcher
+    from darkroom.spec import load_spec
 
     demo = resolve_model("demo", None, settings)
+    g = load_spec(settings.campaigns_dir / "demo_tiles.yaml").spec.generation
+    demo_tiles = {"scheduler": g.scheduler, "steps": g.steps, "guidance": g.guidance}
     matcher = PromptMatcher(Path(demo.location) / CLASSIFIER_DIR)
     all_cases = cases(settings.campaigns_dir, seeds)
     n_types, n_colours = len(matcher.labels["type"]), len(matcher.labels["colour"])
@@ -147,7 +152,7 @@ def bench_demo_model(settings: Settings, *, seeds: int = 3) -> dict:
             backend = LocalDiffusersBackend(ref, "cpu")
             result["models"][name] = {
                 "model": ref.name, "version": ref.version,
-                "campaign_settings": score(backend, matcher, all_cases, None),
+                "demo_tiles_settings": score(backend, matcher, all_cases, demo_tiles),
                 "recommended_settings": score(backend, matcher, all_cases, dict(RECOMMENDED)),
             }
     training = Path(demo.location) / "training.json"
@@ -174,7 +179,7 @@ def run_cli(out: Path, *, console) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     for name, m in result["models"].items():
-        for key in ("campaign_settings", "recommended_settings"):
+        for key in ("demo_tiles_settings", "recommended_settings"):
             r = m[key]
             console.print(f"{name:>5} {key:<21}: type {r['type']:.0%}, colour {r['colour']:.0%}, both "
                           f"{r['both']:.0%} of {r['images']} images, {r['images_per_s']} images/s")
