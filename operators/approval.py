@@ -15,6 +15,7 @@ password) from the connection itself; nothing secret lands in Airflow's trigger 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, T
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from darkroom.spec import Approval
 from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
+
+#: The trigger's "still waiting" line, when nothing changed: at most once per this many seconds.
+LOG_EVERY_S = 60.0
 
 
 class CampaignApprovalTrigger(BaseTrigger):
@@ -60,6 +64,7 @@ class CampaignApprovalTrigger(BaseTrigger):
         return runs.approval_state(self._catalog, self.dag_id, self.run_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        last, logged_at = None, float("-inf")
         try:
             while True:
                 # The catalog client (and the connection lookup) is synchronous: keep it off
@@ -69,8 +74,15 @@ class CampaignApprovalTrigger(BaseTrigger):
                     yield TriggerEvent({"status": "done", "approved": state.approved,
                                         "rejected": state.rejected})
                     return
-                self.log.info("%d assets of %s/%s wait for a decision", state.waiting,
-                              self.dag_id, self.run_id)
+                # A line when the counts change, else at most one a minute: reviewers take
+                # hours, and a line per poll buries everything else in the triggerer's log.
+                counts = (state.waiting, state.approved, state.rejected)
+                now = time.monotonic()
+                if counts != last or now - logged_at >= LOG_EVERY_S:
+                    self.log.info("%d assets of %s/%s wait for a decision (%d approved, %d rejected)",
+                                  state.waiting, self.dag_id, self.run_id, state.approved,
+                                  state.rejected)
+                    last, logged_at = counts, now
                 await asyncio.sleep(self.poke_interval)
         except Exception as exc:
             yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})

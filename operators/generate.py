@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from airflow.sdk import BaseOperator, Context
+from darkroom_operators.failures import fail_fast
 from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
 
 
@@ -37,7 +38,8 @@ class GenerateImagesOperator(BaseOperator):
     def execute(self, context: Context) -> int:
         from darkroom.stages import generate  # the catalog and the engines: not at DAG parse time
 
-        ctx = DarkroomHook(self.catalog_conn_id).run_context(self.spec_path, context)
-        counts = generate.run(ctx, int(self.batch))
+        with fail_fast():  # a model version that does not exist stays missing on every retry
+            ctx = DarkroomHook(self.catalog_conn_id).run_context(self.spec_path, context)
+            counts = generate.run(ctx, int(self.batch))
         self.log.info("Batch %s done: %s", self.batch, counts)
         return int(self.batch)

@@ -21,6 +21,22 @@ def _connection_or_none(conn_id: str):
         return None
 
 
+def _dag_run_state(ti):
+    """Airflow's state of any DAG run, asked through the task's own API channel (the Task
+    SDK's ``get_dagrun_state``); None when there is no task instance or no answer."""
+    if ti is None or not hasattr(ti, "get_dagrun_state"):
+        return None
+
+    def state(dag_id: str, run_id: str) -> str | None:
+        try:
+            value = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+        except Exception:  # no such run (deleted), or no API server: the catalog decides
+            return None
+        return str(getattr(value, "value", value)) if value is not None else None
+
+    return state
+
+
 def _http_url(conn) -> str | None:
     """An HTTP connection as a base URL (host, port, schema http/https); the whole URI may be
     typed into the host field."""
@@ -124,7 +140,9 @@ class DarkroomHook(BaseHook):
 
     def run_context(self, spec_path: str, context: Context) -> RunContext:
         from darkroom.stages.context import RunContext  # the catalog (SQLAlchemy ORM): not at parse time
+        from darkroom_operators.stopping import stop_on_sigterm  # the DAG file needs none of it
 
+        stop_on_sigterm()  # every task starts here: SIGTERM stops it (Airflow's handler does not)
         dag_run = context["dag_run"]
         ti = context.get("ti")
         return RunContext.open(
@@ -137,4 +155,6 @@ class DarkroomHook(BaseHook):
             sql_url_factory=self.sql_url,
             # The host Airflow records for the task: what the GPU stages note beside their device.
             worker=getattr(ti, "hostname", None),
+            # Whether a run that claimed an asset still works on it: Airflow knows.
+            run_state=_dag_run_state(ti),
         )

@@ -22,6 +22,7 @@ from darkroom.catalog.db import Catalog
 from darkroom.catalog.tables import REVIEWABLE
 from darkroom.config import PROJECT_ROOT, Settings, apply_airflow_env, local_user
 from darkroom.spec import load_spec
+from darkroom_operators import stopping
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -36,6 +37,8 @@ class LocalRunResult:
     errors: list[str] = field(default_factory=list)
     counts: runs.RunCounts = field(default_factory=runs.RunCounts)
     run: runs.RunRef | None = None
+    #: The signal that stopped the run (SIGTERM, SIGINT), if one did.
+    stopped_by: int | None = None
 
 
 def domain_errors(log_file: Path) -> list[str]:
@@ -126,7 +129,8 @@ def _output_to(log_file: Path, enabled: bool):
 
 def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Settings,
                  console, quiet_logs: bool = True) -> LocalRunResult:
-    """Run the spec's DAG once in this process; return its outcome and the catalog's counts."""
+    """Run the spec's DAG once in this process; return its outcome and the catalog's counts.
+    SIGTERM or Ctrl-C stops it (darkroom_operators.stopping): the result says how far it got."""
     # The DAG file builds the campaigns of the spec's folder, so a spec outside
     # include/campaigns runs too; Airflow reads all of it from the environment.
     apply_airflow_env(settings, campaigns_dir=spec_path.parent)
@@ -134,10 +138,20 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
     dag_id = loaded.spec.dag_id
     since = datetime.now(UTC)
     log_file = settings.home / "logs" / f"{loaded.spec.id}-{since.strftime('%Y%m%dT%H%M%S')}.log"
+    catalog = Catalog(settings.catalog_url)
+    with stopping.stops_run():
+        try:
+            return _run(dag_id, conf, approve_all=approve_all, catalog=catalog, since=since,
+                        log_file=log_file, console=console, quiet_logs=quiet_logs)
+        except stopping.Stopped as stop:
+            return stopped(catalog, dag_id, since, log_file, stop, quiet_logs)
+
+
+def _run(dag_id: str, conf: dict, *, approve_all: bool, catalog: Catalog, since: datetime,
+         log_file: Path, console, quiet_logs: bool) -> LocalRunResult:
     with console.status("Preparing Airflow (database, DAG parsing)"), _output_to(log_file, quiet_logs):
         dag = load_dag(dag_id)
 
-    catalog = Catalog(settings.catalog_url)
     reviewer = _Reviewer(catalog, dag_id, since) if approve_all else None
     if reviewer:
         reviewer.start()
@@ -171,15 +185,18 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
                 progress.update(bars["publish"], total=passed or None, completed=c.published)
 
     watcher = threading.Thread(target=watch, daemon=True)
-    with progress:
-        watcher.start()
-        with _output_to(log_file, quiet_logs):
-            dr = dag.test(run_conf=conf)
+    try:
+        with progress:
+            watcher.start()
+            with _output_to(log_file, quiet_logs), stopping.between_tasks():
+                dr = dag.test(run_conf=conf)
+    finally:
         done.set()
-        watcher.join()
-    if reviewer:
-        reviewer.stop.set()
-        reviewer.join()
+        if watcher.is_alive():
+            watcher.join()
+        if reviewer:
+            reviewer.stop.set()
+            reviewer.join()
 
     from airflow.utils.state import TaskInstanceState  # after apply_airflow_env, as above
 
@@ -196,4 +213,20 @@ def run_campaign(spec_path: Path, conf: dict, *, approve_all: bool, settings: Se
     result.run = runs.find_run(catalog, dag_id, dr.run_id)
     if result.run is not None:
         result.counts = runs.counts(catalog, result.run.pk)
+    return result
+
+
+def stopped(catalog: Catalog, dag_id: str, since: datetime, log_file: Path, stop: stopping.Stopped,
+            quiet_logs: bool) -> LocalRunResult:
+    """The outcome of a run a signal stopped, from the catalog: how far it got. Its catalog
+    run ends ``stopped``: the next ``darkroom run`` is a new run, which reuses its images."""
+    run = runs.latest_run(catalog, dag_id, since)
+    if run is not None:
+        runs.mark_ended(catalog, run.pk, "stopped", str(stop))
+        run = runs.get(catalog, run.pk)
+    result = LocalRunResult(dag_id=dag_id, run_id=run.run_id if run else "-", state=str(stop),
+                            failed_tasks=[], log_file=log_file, run=run, stopped_by=stop.signum,
+                            errors=domain_errors(log_file) if quiet_logs else [])
+    if run is not None:
+        result.counts = runs.counts(catalog, run.pk)
     return result

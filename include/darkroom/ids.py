@@ -59,6 +59,12 @@ def check_key(key: str) -> str:
     return key
 
 
+def run_key(run_id: str, attempt: int = 0) -> str:
+    """A run attempt's key segment: its run id made safe, and ``-attempt-N`` after the first
+    (a re-processed DAG run keeps its run id; its files must not replace the first's)."""
+    return key_part(run_id) + (f"-attempt-{attempt}" if attempt else "")
+
+
 def short_hash(*parts: object, length: int = 16) -> str:
     """Hex sha256 of the parts' canonical JSON, cut to ``length`` characters: the stable ids
     of variants and assets."""

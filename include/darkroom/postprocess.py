@@ -4,18 +4,22 @@
 
 1. sRGB: an embedded ICC profile is converted to sRGB (output is tagged sRGB);
 2. upscale (optional): to the channel's ``upscale_to`` long side. With ``generation.upscaler``
-   set, a diffusers model (darkroom.upscaler) has already upscaled the original on the GPU
-   queue (the upscale stage, :func:`upscale_original`) and the render receives its output;
+   set, a model (darkroom.upscaler: Real-ESRGAN or a diffusers x4 upscaler) has already
+   upscaled the original on the GPU queue (the upscale stage, :func:`upscale_original`) and
+   the render receives its output;
    otherwise through an upscaler registered in :data:`UPSCALERS` (Lanczos by default). A
    recipe asking for one that is not registered fails with a clear error. Either way the
    derivative's provenance records ``upscaled: {by, to}``;
-3. crop (centre, or the most detailed window: ``crop: entropy``) or pad to the channel's
-   aspect ratio, then a Lanczos resize to the exact size;
-4. logo / watermark overlay (position, scale, opacity);
-5. localized text overlay in the brand font;
-6. the invisible watermark (``watermark: true``, the default): a key derived from the asset
+3. background removal (``background: {remove: true, fill, shadow}``): U²-Net's product mask
+   (darkroom.cutout, computed once per original), the product on the fill colour or
+   transparent, a soft shadow when asked; the mask itself is kept (:attr:`Rendered.mask`);
+4. crop (centre, the most detailed window: ``crop: entropy``, or the product's mask box:
+   ``crop: product``) or pad to the channel's aspect ratio, then a Lanczos resize;
+5. logo / watermark overlay (position, scale, opacity);
+6. localized text overlay in the brand font;
+7. the invisible watermark (``watermark: true``, the default): a key derived from the asset
    id, hidden in the pixels (darkroom.provenance.watermark), recorded in the provenance;
-7. encode (JPEG / WebP / PNG at the channel's quality) with the provenance carried over
+8. encode (JPEG / WebP / PNG at the channel's quality) with the provenance carried over
    (PNG chunks or EXIF, and XMP).
 
 Everything here is a pure function of its inputs, so a derivative's bytes are reproducible
@@ -36,11 +40,11 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps
 
-from darkroom import imaging
+from darkroom import cutout, imaging
 from darkroom.config import BRAND_DIR
 from darkroom.errors import ModelError
 from darkroom.provenance import watermark
-from darkroom.upscaler import free_device_memory, resolve_upscaler
+from darkroom.upscaler import resolve_upscaler
 
 # The inference layer registers its upscaler here: name -> callable(image, long_side) -> image.
 # postprocess uses the entry named "default" when a channel sets `upscale_to`.
@@ -74,7 +78,7 @@ class Upscaled:
     original, :func:`render_all`'s ``upscaled``). Its provenance is the original's, which
     travels alongside, so the PNG here carries none."""
 
-    by: str  # the upscaler's provenance name: "diffusers:<model>@<version>"
+    by: str  # the upscaler's provenance name: "realesrgan:<model>@<digest>", "diffusers:<model>@<version>"
     to: int  # its long side: the largest upscale_to of the asset's channels
     data: bytes | None = None  # PNG, sRGB
     error: str | None = None  # the model failed on this image: the asset fails with this
@@ -93,6 +97,7 @@ class Rendered:
     phash: str | None = None  # of the pixels as encoded (darkroom verify matches on it)
     watermark: str | None = None  # the method, when the channel carries the mark
     watermark_key: str | None = None
+    mask: bytes | None = None  # the original's product mask (PNG, "L"), when the recipe used one
 
 
 def recipe_hash(channel) -> str:
@@ -161,6 +166,9 @@ def fit(img: Image.Image, width: int, height: int, *, mode: str = "crop", crop: 
     """Crop (centre or entropy) or pad to the aspect ratio, then a Lanczos resize."""
     if img.mode not in ("RGB", "RGBA"):
         img = img.convert("RGB")
+    if mode == "pad" and background == "transparent":  # a cutout stays a cutout
+        return ImageOps.pad(img.convert("RGBA"), (width, height), method=Image.Resampling.LANCZOS,
+                            color=(0, 0, 0, 0))
     if mode == "pad":
         if img.mode == "RGBA":  # flatten onto the background so transparent areas match it
             base = Image.new("RGBA", img.size, background)
@@ -257,12 +265,15 @@ def overlay_text(img: Image.Image, text_cfg, locale: str | None = None) -> Image
 
 def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Provenance, *,
            locale: str | None = None, upscaler: str = "default",
-           upscaled: Image.Image | None = None, model_upscaler: str | None = None) -> Rendered:
+           upscaled: Image.Image | None = None, model_upscaler: str | None = None,
+           mask: Image.Image | None = None) -> Rendered:
     """Apply one channel's recipe to a decoded original; return the encoded derivative.
 
     ``upscaled`` (made by the model upscaler named ``model_upscaler``) is the original already
     upscaled by a model to the largest ``upscale_to`` of this asset's channels; a channel
-    asking for less gets a Lanczos downscale of it: one model run per asset, not per channel."""
+    asking for less gets a Lanczos downscale of it: one model run per asset, not per channel.
+    ``mask``: the original's product mask (:func:`darkroom.cutout.mask`), for channels that
+    remove the background or crop to the product."""
     # 1. Colour: everything downstream assumes sRGB.
     out = to_srgb(img) if channel.srgb else (img if img.mode in ("RGB", "RGBA") else img.convert("RGB"))
     upscaled_by = None
@@ -284,31 +295,57 @@ def render(img: Image.Image, channel_name: str, channel, provenance: imaging.Pro
             else:
                 out = fn(out, channel.upscale_to)
                 upscaled_by = getattr(fn, "upscaler_name", upscaler)
-    # 3. Geometry.
-    out = fit(out, channel.width, channel.height, mode=channel.fit, crop=channel.crop,
-              background=channel.background)
-    # 4-5. Overlays.
+    # 3. The backdrop.
+    cut = None
+    if channel.needs_mask:
+        if mask is None:
+            raise RecipeError(f"channel {channel_name!r} needs the product mask (background.remove "
+                              "or crop: product) and none was made")
+        mask = mask if mask.size == out.size else mask.resize(out.size, Image.Resampling.BILINEAR)
+        cut = cutout.measure(mask)
+        if channel.removal is not None:
+            out = cutout.composite(out, mask, channel.removal.fill, channel.removal.shadow)
+    # 4. Geometry.
+    window = None
+    if channel.crop == "product" and channel.fit == "crop" and cut.bbox is not None:
+        window = cutout.product_window(out.size, cut.bbox, channel.width, channel.height)
+    if window is not None:
+        out = out.crop(window).resize((channel.width, channel.height), Image.Resampling.LANCZOS)
+    else:  # crop: product that cannot hold the whole product pads instead
+        pads = channel.crop == "product" and channel.fit == "crop"
+        out = fit(out, channel.width, channel.height, mode="pad" if pads else channel.fit,
+                  crop=channel.crop, background=channel.pad_colour)
+    # 5-6. Overlays.
     if channel.logo is not None:
         out = overlay_logo(out, channel.logo)
     if channel.text is not None:
         out = overlay_text(out, channel.text, locale)
-    # 6. The invisible mark, last, so nothing drawn afterwards covers it.
+    # 7. The invisible mark, last, so nothing drawn afterwards covers it.
     mark = _watermark(out, channel, provenance.darkroom.get("asset_id"))
     if mark is not None:
         out, mark = mark
-    # 7. Encode with provenance, tagged sRGB.
+    # 8. Encode with provenance, tagged sRGB.
     if channel.format == "jpeg" and out.mode != "RGB":
         out = out.convert("RGB")
     prov = imaging.Provenance(provenance.parameters, {
         **provenance.darkroom, "channel": channel_name, "recipe": recipe_hash(channel),
         **({"locale": locale} if locale else {}),
         **({"upscaled": {"by": upscaled_by, "to": channel.upscale_to}} if upscaled_by else {}),
+        **({"cutout": {"by": cutout.model_file()[1], "foreground": round(cut.foreground, 4),
+                       **(channel.removal.model_dump() if channel.removal else {"crop": "product"})}}
+           if cut is not None else {}),
         **({"watermark": mark} if mark else {})})
     data = imaging.encode(out, channel.format, prov, channel.quality,
                           icc_profile=SRGB_ICC if channel.srgb else None)
     return Rendered(channel_name, data, out.width, out.height, channel.format, channel.extension,
                     phash=str(imagehash.phash(out)), watermark=mark and mark["method"],
-                    watermark_key=mark and mark["key"])
+                    watermark_key=mark and mark["key"], mask=_png(mask) if cut is not None else None)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _watermark(img: Image.Image, channel, asset_id: str | None):
@@ -336,8 +373,21 @@ def render_all(original: bytes, channels: dict, *, locale: str | None = None,
                               f"(to {upscaled.to} px): {upscaled.error}")
         big = imaging.decode(upscaled.data)
     by = upscaled.by if upscaled is not None else None
-    return [render(img, name, ch, prov, locale=locale, upscaled=big, model_upscaler=by)
+    mask = None
+    if any(ch.needs_mask for ch in channels.values()):  # once per original, for every channel
+        mask = cutout.mask(to_srgb(img))
+        share = cutout.measure(mask).foreground
+        if not MIN_FOREGROUND <= share <= MAX_FOREGROUND:
+            raise RecipeError(f"the product mask covers {share:.1%} of the picture (sane: "
+                              f"{MIN_FOREGROUND:.0%}-{MAX_FOREGROUND:.0%}): no product to cut out; "
+                              "regenerate it, or drop background.remove / crop: product")
+    return [render(img, name, ch, prov, locale=locale, upscaled=big, model_upscaler=by, mask=mask)
             for name, ch in channels.items()]
+
+
+# A mask that keeps (almost) nothing or (almost) everything is no cutout: the QA check
+# `cutout` holds the same line earlier, with the rubric's bounds.
+MIN_FOREGROUND, MAX_FOREGROUND = 0.01, 0.97
 
 
 def prompts_from_infotext(parameters: str) -> tuple[str, str]:
@@ -352,7 +402,7 @@ def prompts_from_infotext(parameters: str) -> tuple[str, str]:
 
 
 def upscale_original(original: bytes, long_side: int, model) -> Upscaled:
-    """Upscale an original with a loaded model upscaler (darkroom.upscaler.ModelUpscaler) to
+    """Upscale an original with a loaded model upscaler (darkroom.upscaler.load) to
     ``long_side``, prompted with the asset's own prompt. A failure on this one image (out of
     memory, say) comes back as ``Upscaled.error``: that asset fails, the batch goes on."""
     prov = imaging.read_provenance(original)
@@ -363,7 +413,7 @@ def upscale_original(original: bytes, long_side: int, model) -> Upscaled:
         big = model.upscale(to_srgb(imaging.decode(original)), long_side, prompt=prompt,
                             negative_prompt=negative)
     except Exception as exc:  # reported as this asset's failure; the batch goes on
-        free_device_memory()
+        model.free_memory()
         return Upscaled(model.name, long_side, error=f"{type(exc).__name__}: {exc}")
     buf = io.BytesIO()
     big.save(buf, format="PNG", compress_level=1)  # a hand-over, not an archive: fast beats small
@@ -390,6 +440,12 @@ def check_recipes(channels: dict, upscaler: str = "default", *,
     ``model_upscaler`` is ``generation.upscaler``: checked (without loading weights) when a
     channel sets ``upscale_to``."""
     problems = []
+    masked = [name for name, ch in channels.items() if ch.needs_mask]
+    if masked:
+        try:
+            cutout.model_file()
+        except cutout.CutoutError as exc:
+            problems.append(f"channels.{masked[0]}.background: {exc}")
     if model_upscaler is not None and any(ch.upscale_to for ch in channels.values()):
         try:
             resolve_upscaler(model_upscaler)

@@ -107,16 +107,21 @@ def load_products_frame(loaded: LoadedSpec, *, s3_client=None, sql_url_factory: 
 
 def frame_to_rows(df) -> list[dict]:
     """Plain Python values (no numpy scalars, NaN -> None), so rows hash and serialize."""
-    rows = []
-    for rec in df.to_dict(orient="records"):
+    return list(iter_rows(df))
+
+
+def iter_rows(df):
+    """:func:`frame_to_rows` one row at a time: a reader that stops early (a run with
+    ``limit``) converts only the rows it reads."""
+    columns = [str(c) for c in df.columns]
+    for values in df.itertuples(index=False, name=None):
         clean = {}
-        for k, v in rec.items():
+        for k, v in zip(columns, values, strict=True):
             if hasattr(v, "item"):
                 v = v.item()
             if isinstance(v, float) and math.isnan(v):
                 v = None
             elif v is not None and not isinstance(v, str | int | float | bool):
                 v = str(v)  # dates, decimals from SQL: hashable, serializable text
-            clean[str(k)] = v
-        rows.append(clean)
-    return rows
+            clean[k] = v
+        yield clean

@@ -10,6 +10,7 @@ not a dimension: every channel is a derivative cut from the same generated image
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from jinja2 import TemplateError, UndefinedError
@@ -151,15 +152,16 @@ def _attribute(terms: RestrictedTerms, term: str, prompt: str, row: dict, origin
 
 
 def render_variants(
-    loaded: LoadedSpec, products: list[dict], *, seed_offset: int = 0,
-    inputs: dict[str, dict] | None = None, limit: int | None = None,
+    loaded: LoadedSpec, products: Iterable[dict], *, seed_offset: int = 0,
+    inputs: Mapping[str, dict] | Callable[[dict], dict] | None = None, limit: int | None = None,
     wanted: set[str] | None = None,
 ) -> list[PlannedVariant]:
     """Products x asset types x locales x vary combinations x seeds, rendered, stable order.
 
     ``inputs``: product id -> its input images ({"reference": {"uri", "sha256"}, "mask": ...})
     for image2image, inpainting and IP-Adapter; their checksums join the variant's identity,
-    so a changed reference image makes a new variant.
+    so a changed reference image makes a new variant. A callable is given each product row
+    when that row is reached, so rows past ``limit`` are never read (nor their images).
 
     ``wanted`` (variant ids) and ``limit`` (the first N, after ``wanted``) are applied before
     rendering: a variant's id does not depend on its prompt, so a run limited to 2 variants of
@@ -173,8 +175,9 @@ def render_variants(
     return list(itertools.islice(_iter_variants(loaded, products, seed_offset, inputs, wanted), limit))
 
 
-def _iter_variants(loaded: LoadedSpec, products: list[dict], seed_offset: int,
-                   inputs: dict[str, dict] | None, wanted: set[str] | None):
+def _iter_variants(loaded: LoadedSpec, products: Iterable[dict], seed_offset: int,
+                   inputs: Mapping[str, dict] | Callable[[dict], dict] | None,
+                   wanted: set[str] | None):
     spec = loaded.spec
     p = spec.prompts
     renderer = _Renderer(loaded)
@@ -189,6 +192,7 @@ def _iter_variants(loaded: LoadedSpec, products: list[dict], seed_offset: int,
     for row in products:
         product_id = str(row[id_col])
         row_hash = short_hash(row)
+        row_inputs = inputs(row) if callable(inputs) else (inputs or {}).get(product_id, {})
         for locale in locales:
             local_row, origin = localize(row, locale)
             product = dict(local_row)
@@ -202,7 +206,7 @@ def _iter_variants(loaded: LoadedSpec, products: list[dict], seed_offset: int,
                 free_text = free_text[: p.free_text_max_chars]
             for at, at_fields in asset_types:
                 for combo in combos:
-                    extra: dict = dict((inputs or {}).get(product_id, {}))
+                    extra: dict = dict(row_inputs)
                     if locale:
                         extra["locale"] = locale
                     if combo:

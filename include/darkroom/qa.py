@@ -35,7 +35,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from darkroom import imaging
+from darkroom import cutout, imaging
 from darkroom.config import BRAND_DIR
 
 log = logging.getLogger("darkroom.qa")
@@ -358,6 +358,80 @@ def check_nsfw(s: Subject, cfg) -> CheckResult:
                      what=f"P({label})")
 
 
+# -- text in the picture ------------------------------------------------------------------
+
+#: Text the prompt asks for is written in double quotes (``a poster reading "SUMMER SALE"``).
+_ASKED = re.compile(r'"([^"]+)"|\u201c([^\u201d]+)\u201d')
+
+
+def _letters(text: str) -> str:
+    # The OCR model drops spaces between words (trained on Chinese): compare letters only.
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
+@functools.cache
+def _ocr():
+    """PP-OCRv4 detection and recognition (rapidocr-onnxruntime, Apache-2.0), weights in the
+    wheel, loaded once per worker process; None when the package is missing."""
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError:
+        return None
+    return RapidOCR(use_cls=False)  # upright text is what a generator draws
+
+
+def read_text(img: Image.Image) -> list[tuple[str, float, float]]:
+    """``(text, confidence, share of the image's area)`` for each line of text OCR finds."""
+    engine = _ocr()
+    found, _ = engine(np.asarray(img.convert("RGB")), use_cls=False)
+    area = float(img.width * img.height)
+    out = []
+    for box, text, score in found or ():
+        pts = np.asarray(box, dtype=np.float64)  # a quadrilateral: its area by the shoelace formula
+        quad = 0.5 * abs(np.dot(pts[:, 0], np.roll(pts[:, 1], 1)) - np.dot(pts[:, 1], np.roll(pts[:, 0], 1)))
+        out.append((text, float(score), quad / area))
+    return out
+
+
+def check_no_text(s: Subject, cfg) -> CheckResult:
+    """Share of the picture covered by text the prompt did not ask for: diffusion models draw
+    gibberish lettering and fake logos. Runs on the original, so the overlays postprocess adds
+    are never seen. Lines read with less than ``params.min_confidence`` (default 0.6), or with
+    fewer than ``params.min_chars`` letters and digits (default 2: a ring or a handle reads as
+    "O"), are shapes, not text; lines whose letters the prompt quotes (``"SUMMER SALE"``) were
+    asked for. Threshold: the largest text share that passes (default 0.002, 0.2% of the area)."""
+    if _ocr() is None:
+        return CheckResult("no_text", None, cfg.threshold, False,
+                           "rapidocr-onnxruntime is not installed (`make .venv/.installed`)", NOT_RUN)
+    min_conf = float(cfg.params.get("min_confidence", 0.6))
+    min_chars = int(cfg.params.get("min_chars", 2))
+    asked = [_letters(a or b) for a, b in _ASKED.findall(s.prompt)]
+    lines = [(text, conf, share) for text, conf, share in read_text(s.img)
+             if conf >= min_conf and len(_letters(text)) >= min_chars
+             and not any(_letters(text) in q for q in asked)]
+    result = _measured("no_text", sum(share for *_, share in lines), _t(cfg, 0.002), cfg,
+                       higher_is_better=False, what="text area share")
+    if not lines:
+        return result
+    said = ", ".join(f"{text!r} ({conf:.2f})" for text, conf, _ in lines[:5])
+    return CheckResult(result.check, result.value, result.threshold, result.passed,
+                       f"{result.detail}: {said}"[:300], result.status)
+
+
+def check_cutout(s: Subject, cfg) -> CheckResult:
+    """Share of the frame U²-Net's product mask keeps (darkroom.cutout), for channels that
+    remove the background: within [threshold, max] (default 0.03-0.9); near 0 the mask found no
+    product, near 1 it kept the backdrop too."""
+    try:
+        share = cutout.measure(cutout.mask(s.img)).foreground
+    except cutout.CutoutError as exc:
+        return CheckResult("cutout", None, cfg.threshold, False, str(exc), NOT_RUN)
+    low, high = _t(cfg, 0.03), float(cfg.max) if cfg.max is not None else 0.9
+    if share > high:
+        return _measured("cutout", share, high, cfg, higher_is_better=False, what="foreground share")
+    return _measured("cutout", share, low, cfg, higher_is_better=True, what="foreground share")
+
+
 # -- near-duplicates --------------------------------------------------------------------
 
 class HashIndex:
@@ -472,6 +546,8 @@ CHECKS: dict[str, Callable[[Subject, Any], CheckResult]] = {
     "clip_score": check_clip_score,
     "prompt_match": check_prompt_match,
     "nsfw": check_nsfw,
+    "no_text": check_no_text,
+    "cutout": check_cutout,
 }
 # Checks that need state beyond one image; the caller runs them (see darkroom.stages.qa).
 CONTEXT_CHECKS = {"duplicate": check_duplicate}

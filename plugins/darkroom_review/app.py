@@ -16,7 +16,11 @@ Files (only URIs the catalog records; the client names an asset and a kind, neve
     GET  /files/run/{dag_id}/{run_id}/contact-sheet
 
 Status codes: 401 no or bad credentials, 403 not allowed or cross-site, 404 unknown, 409 the
-asset moved on (published, superseded, failed QA), 400 a bad request.
+asset moved on (published, superseded, failed QA) or its run can no longer publish a decision
+(its publish step started or ended, or the DAG run was re-processed), 400 a bad request.
+
+Run states come from Airflow (``dag_run.state``, read in the API server); the catalog adds
+where the run is in its own life (awaiting review, publishing, published).
 """
 
 from __future__ import annotations
@@ -94,12 +98,49 @@ async def _review_error(_request: Request, exc: ReviewError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=code)
 
 
-def _run_or_404(cat: Catalog, dag_id: str, run_id: str) -> runs.RunRef:
-    run = runs.find_run(cat, dag_id, run_id)
+def _run_or_404(cat: Catalog, dag_id: str, run_id: str, attempt: int | None = None) -> runs.RunRef:
+    run = runs.find_run(cat, dag_id, run_id, attempt)
     if run is None:
+        which = f" (attempt {attempt})" if attempt is not None else ""
         raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            f"the catalog has no run {run_id!r} of DAG {dag_id!r}")
+                            f"the catalog has no run {run_id!r}{which} of DAG {dag_id!r}")
     return run
+
+
+def airflow_states(pairs) -> dict[tuple[str, str], str]:
+    """Airflow's state of each (dag_id, run_id): what the scheduler knows, not the catalog."""
+    pairs = set(pairs)
+    if not pairs:
+        return {}
+    from airflow.models.dagrun import DagRun  # the ORM: only a request in the API server needs it
+    from airflow.utils.session import create_session
+    from sqlalchemy import select, tuple_
+
+    try:
+        with create_session() as session:
+            rows = session.execute(select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(
+                tuple_(DagRun.dag_id, DagRun.run_id).in_(sorted(pairs)))).all()
+    except Exception:  # a database Airflow cannot reach: show the catalog's view only
+        return {}
+    return {(d, r): str(getattr(st, "value", st)) for d, r, st in rows}
+
+
+def with_states(rows: list[dict]) -> list[dict]:
+    """The runs with Airflow's state (``airflow_state``) and a word on where each is:
+    ``awaiting review``, ``publishing``, ``published``, ``replaced`` (a later attempt)."""
+    states = airflow_states((r["dag_id"], r["run_id"]) for r in rows)
+    newest: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r["dag_id"], r["run_id"])
+        newest[key] = max(newest.get(key, 0), r.get("attempt", 0))
+    for r in rows:
+        key = (r["dag_id"], r["run_id"])
+        replaced = r.get("attempt", 0) < newest[key]
+        r["airflow_state"] = None if replaced else states.get(key)
+        r["stage"] = ("replaced by a later attempt" if replaced
+                      else r["state"] if r["state"] in ("publishing", "published")
+                      else "awaiting review" if r["waiting"] else "")
+    return rows
 
 
 def _base(request: Request) -> str:
@@ -110,7 +151,7 @@ def _base(request: Request) -> str:
 
 @app.get("/review/", response_class=HTMLResponse)
 def index_page(request: Request, user: User, cat: CatalogDep):
-    rows = runs.recent_runs(cat, readable_dag_ids(user))
+    rows = with_states(runs.recent_runs(cat, readable_dag_ids(user)))
     return templates.TemplateResponse(request, "index.html", {
         "runs": rows, "user": user.get_name(), "base": _base(request)})
 
@@ -118,9 +159,10 @@ def index_page(request: Request, user: User, cat: CatalogDep):
 @app.get("/review/{dag_id}/{run_id:path}", response_class=HTMLResponse)
 def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: CatalogDep,
                  status_filter: Annotated[str | None, Query(alias="status")] = None,
-                 channel: str | None = None):
+                 channel: str | None = None,
+                 attempt: Annotated[int | None, Query(ge=0)] = None):
     authorize_dag(user, dag_id, "GET")
-    run = _run_or_404(cat, dag_id, run_id)
+    run = _run_or_404(cat, dag_id, run_id, attempt)
     everything = reviews.run_assets(cat, run)
     channels = sorted({c for a in everything for c in a["channels"]})
     assets = [a for a in everything
@@ -133,7 +175,9 @@ def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: Ca
         "run": run, "assets": assets, "channels": channels, "statuses": STATUSES,
         "status_filter": status_filter or "", "channel": channel or "", "counts": counts,
         "total": len(everything), "user": user.get_name(), "base": _base(request),
-        "csrf_header": CSRF_HEADER, "decidable": {s.value for s in reviews.DECIDABLE}})
+        "csrf_header": CSRF_HEADER, "decidable": {s.value for s in reviews.DECIDABLE},
+        "open": reviews.open_for_decisions(cat, run),
+        "airflow_state": airflow_states([(run.dag_id, run.run_id)]).get((run.dag_id, run.run_id))})
 
 
 # -- JSON API ---------------------------------------------------------------------------
@@ -149,7 +193,7 @@ class BulkBody(BaseModel):
 
 @app.get("/api/runs")
 def api_runs(user: User, cat: CatalogDep) -> list[dict]:
-    return runs.recent_runs(cat, readable_dag_ids(user))
+    return with_states(runs.recent_runs(cat, readable_dag_ids(user)))
 
 
 @app.get("/api/runs/{dag_id}/{run_id:path}/assets")

@@ -93,6 +93,41 @@ def test_params_for_ui_triggers(dag):
     assert dag.params["seed_offset"] == 0
 
 
+def test_trigger_form_explains_each_param(dagbag):
+    """A marketer starting a regeneration reads what each Param does, what it takes and its
+    default in the trigger form (Airflow renders title, description and the JSON Schema)."""
+    dag = dagbag.dags["campaign__summer_social"]
+    for name in ("model_version", "limit", "seed_offset", "dry_run", "variants"):
+        param = dag.params.get_param(name)
+        assert param.schema.get("title") and len(param.description or "") > 30, name
+    mv = dag.params.get_param("model_version")
+    assert mv.value is None and mv.schema["type"] == ["null", "string"]
+    assert "Leave empty for the campaign's own model" in mv.description
+    assert f"The spec's model: {load_spec_model('summer_social')}." in mv.description
+    assert dag.params.get_param("limit").schema["minimum"] == 1
+
+
+def load_spec_model(campaign: str) -> str:
+    from darkroom.spec import load_spec
+
+    return load_spec(CAMPAIGNS / f"{campaign}.yaml").spec.generation.model
+
+
+def test_max_active_runs_comes_from_the_spec(dagbag, tmp_path, monkeypatch):
+    """Runs waiting for reviewers count as active in Airflow: the default leaves room for a
+    refresh while one waits, and a spec can set its own."""
+    assert dagbag.dags["campaign__summer_social"].max_active_runs == 4
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    for f in ("summer_social.yaml", "summer_social.products.csv"):
+        shutil.copy(CAMPAIGNS / f, folder / f)
+    spec = folder / "summer_social.yaml"
+    spec.write_text(spec.read_text() + "\nmax_active_runs: 2\n")
+    bag = _bag(monkeypatch, folder)
+    assert not bag.import_errors, bag.import_errors
+    assert bag.dags["campaign__summer_social"].max_active_runs == 2
+
+
 def test_schedule_comes_from_spec(dagbag):
     weekly = dagbag.dags["campaign__summer_social"].timetable
     assert type(weekly).__name__ == "CronTriggerTimetable"
@@ -131,6 +166,7 @@ PARSE_TIME_MODULES = {"darkroom", "darkroom.config", "darkroom.errors", "darkroo
                       "darkroom.generation.routing", "darkroom.generation.types", "darkroom.generation.models",
                       "darkroom.generation.families", "darkroom_operators", "darkroom_operators.approval",
                       "darkroom_operators.generate", "darkroom_operators.hooks",
+                      "darkroom_operators.failures", "darkroom.params", "darkroom.ids",
                       # what the spec loads with (pathlib, Jinja2 and PyYAML only)
                       "darkroom.confine", "darkroom.sandbox", "darkroom.yaml_safe"}
 

@@ -57,7 +57,8 @@ def test_model_upscale_size_determinism_and_name(tiny_upscaler):
 def test_an_unusable_upscaler_is_refused_naming_the_field(tiny_upscaler, tiny_model, tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ModelError, match=re.escape(f"generation.upscaler = '{missing}': {missing} does not "
-                                                   "exist") + ".*; fix: point generation.upscaler at"):
+                                                   "exist") + ".*; fix: set generation.upscaler to "
+                                                   "realesrgan-x4plus"):
         upscaler.resolve_upscaler(str(missing))
     with pytest.raises(ModelError, match="is a StableDiffusionPipeline, not an upscaler pipeline "
                                          r"\(supported: StableDiffusionUpscalePipeline\)"):

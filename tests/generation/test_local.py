@@ -85,7 +85,9 @@ def test_model_version_is_a_content_checksum(tiny_model, tmp_path):
     ref = resolve_model(str(tiny_model), None, settings)
     assert len(ref.version) == 12 and ref.model_hash == ref.version[:10]
     assert resolve_model(str(tiny_model), None, settings, ref.version[:8]).version == ref.version
-    with pytest.raises(ModelError, match=r"model_version 'abc' was requested but .* is version"):
+    with pytest.raises(ModelError, match=r"model_version 'abc' is not a version of tiny-sd .*a local "
+                                         rf"folder has one version, its checksum \({ref.version}\); fix: "
+                                         r".*register both folders as versions of a profile"):
         resolve_model(str(tiny_model), None, settings, "abc")
 
 
@@ -168,3 +170,46 @@ def test_model_digest_is_kept_on_disk_and_follows_changes(tiny_model, tmp_path):
     weights = next(model.glob("unet/*.safetensors"))
     weights.write_bytes(weights.read_bytes() + b"\0")
     assert local_model_digest(model) != first
+
+
+def test_library_notices_go_through_logging_at_their_own_level(capfd, caplog):
+    """diffusers' and transformers' notices went straight to stderr, which an Airflow task log
+    files as errors: CLIP's 77-token truncation is a warning, and the torchvision fallback
+    notice (we use the PIL processors on purpose) is not logged at all."""
+    import logging
+
+    import darkroom.generation.local  # noqa: F401  (importing it routes the notices)
+    import diffusers
+    import transformers
+
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):
+        diffusers.utils.logging.get_logger("diffusers.pipelines.stable_diffusion").warning(
+            "The following part of your input was truncated because CLIP can only handle "
+            "sequences up to 77 tokens: ['on a table']")
+        transformers.utils.logging.get_logger("transformers.utils.import_utils").warning(
+            "CLIPImageProcessorFast requires torchvision; falling back to the PIL processor")
+    assert capfd.readouterr().err == ""
+    notes = [(r.name, r.levelname, r.getMessage()[:40]) for r in caplog.records
+             if r.name.startswith(("diffusers", "transformers"))]
+    assert notes == [("diffusers.pipelines.stable_diffusion", "WARNING",
+                      "The following part of your input was tru")]
+
+
+def test_a_fresh_worker_loading_a_pipeline_writes_nothing_to_stderr(tiny_model):
+    """What a generate task's log showed as errors: the torchvision notices (emitted while
+    diffusers itself is imported) and the loading progress bars. A fresh process, as a task."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; logging.basicConfig(stream=sys.stdout, level=logging.INFO)\n"
+            "import darkroom.generation.local\n"
+            "from diffusers import DiffusionPipeline\n"
+            f"pipe = DiffusionPipeline.from_pretrained({str(tiny_model)!r})\n"
+            "print('loaded', type(pipe).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "loaded" in done.stdout
+    assert "requires torchvision" not in done.stderr + done.stdout
+    assert "Loading pipeline components" not in done.stderr and "Loading weights" not in done.stderr
+    assert done.stderr.strip() == "", done.stderr[-2000:]

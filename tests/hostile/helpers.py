@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import yaml
+from darkroom.catalog import reviews as review
+from darkroom.catalog.tables import Asset, AssetStatus, Derivative, Variant
 from darkroom.config import Settings
 from darkroom.stages.context import RunContext
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGNS = ROOT / "include" / "campaigns"
@@ -43,3 +47,22 @@ def write_spec(folder: Path, mutate=None, rows: str | None = None) -> Path:
 def run_context(spec: Path, run_id: str = "manual__1", conf=None) -> RunContext:
     return RunContext.open(spec, "campaign__spring_tiles", run_id, conf or {},
                                   settings=Settings.from_env())
+
+
+def approved_asset(ctx) -> str:
+    """One approved asset with one derivative (web_tile), made in the catalog (no model)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 90, 60)).save(buf, format="PNG")
+    run_pk = ctx.run_pk
+    with ctx.catalog.session() as s:
+        s.add(Variant(id="v0", campaign_id=ctx.spec.id, product_id="TER-001", asset_type="hero_tile",
+                      channels=["web_tile"], template_version="t", prompt="a mug", seed=1, params={}))
+        s.flush()
+        s.add(Asset(id="asset0", variant_id="v0", run_pk=run_pk, status=AssetStatus.qa_passed,
+                    uri="file:///unused.png", model_name="tiny-sd", model_version="abc",
+                    scheduler="ddim", steps=2, guidance=7.5, seed=1, backend="test"))
+        stored = ctx.storage.put(ctx.key("derivatives", "web_tile", "v0.png"), buf.getvalue(), "image/png")
+        s.add(Derivative(asset_id="asset0", channel="web_tile", uri=stored.uri, sha256=stored.sha256,
+                         width=8, height=8, format="png", bytes=stored.bytes))
+    review.decide(ctx.catalog, "asset0", "approve", "ann", "ok")
+    return "asset0"

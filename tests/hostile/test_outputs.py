@@ -9,19 +9,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import pytest
 from darkroom import imaging, postprocess
 from darkroom.catalog.tables import Asset, PlanItem, ValidationResult, Variant
 from darkroom.errors import ValidationFailed
 from darkroom.spec import Channel, load_spec
-from darkroom.stages import approve, publish, validate
+from darkroom.stages import approve, generate, plan, publish, validate
 from darkroom.stages.publish import FORMULA_PREFIXES, csv_cell
 from darkroom.stages.sequence import run_to_review
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.hostile.helpers import CSV_HEADER, files, run_context, write_spec
+from tests.hostile.helpers import CSV_HEADER, ROOT, approved_asset, files, run_context, write_spec
+
+BRAND = ROOT / "include" / "brand"
 
 # -- CSV manifests ---------------------------------------------------------------------------
 
@@ -176,6 +179,41 @@ def test_unreadable_brand_files_name_the_field_and_the_fix(tmp_path, overlay, fi
     assert "<_io." not in message and "OSError" not in message
 
 
+@pytest.mark.parametrize("make, field, words", [
+    pytest.param(lambda p: p.write_text("not a picture"), "channels.marketplace.logo.path",
+                 ["not a PNG, JPEG, WebP or other image"], id="logo-not-an-image"),
+    pytest.param(lambda p: Image.new("1", (7000, 7000)).save(p, format="PNG"), "channels.marketplace.logo.path",
+                 ["decompression bomb"], id="logo-49-megapixels"),
+    pytest.param(lambda p: p.write_text("not a font"), "channels.web_tile.text.font",
+                 ["not a font Pillow can read (unknown file format)"], id="font-not-a-font"),
+])
+def test_logo_and_font_problems_stop_the_run_before_any_gpu_work(tmp_path, darkroom_home, make, field, words):
+    """They surfaced in postprocess, after every image had been generated: now validate_inputs
+    refuses the run, naming the field, and nothing is planned, generated or written."""
+    def mutate(d):
+        d["channels"]["marketplace"]["logo"]["path"] = "our-logo.png"
+        d["channels"]["web_tile"]["text"] = {"text": {"en": "Spring"}, "font": "our-font.ttf"}
+
+    spec = write_spec(tmp_path, mutate)
+    shutil.copy(BRAND / "logo.png", tmp_path / "our-logo.png")
+    shutil.copy(BRAND / "fonts" / "DejaVuSans.ttf", tmp_path / "our-font.ttf")
+    make(tmp_path / ("our-font.ttf" if "font" in field else "our-logo.png"))  # spoiled
+    ctx = run_context(spec)
+    before = files(tmp_path)
+    with pytest.raises(ValidationFailed) as err:
+        run_to_review(ctx)  # validate, plan, generate, QA, postprocess, track: stops at the first
+    message = str(err.value)
+    bad = tmp_path / ("our-font.ttf" if "font" in field else "our-logo.png")
+    assert str(spec) in message and f"{field} = {str(bad.resolve())!r}" in message, message
+    assert "nothing was generated" in message and "fix" in message
+    for w in words:
+        assert w in message, message
+    with ctx.catalog.session() as s:
+        for table in (Variant, PlanItem, Asset, ValidationResult):
+            assert s.scalar(select(func.count()).select_from(table)) == 0
+    assert {p for p in files(tmp_path) - before if not p.name.startswith("catalog.db")} == set()
+
+
 def _reference_spec(tmp_path, reference: str):
     def mutate(d):
         d["products"]["reference_image_column"] = "reference"
@@ -219,28 +257,6 @@ def test_decode_errors_name_no_python_objects():
 
 # -- a destination that cannot be written -----------------------------------------------------
 
-def _approved_asset(ctx) -> str:
-    """One approved asset with a derivative per channel, made in the catalog (no model)."""
-    from darkroom.catalog import reviews as review
-    from darkroom.catalog.tables import AssetStatus, Derivative
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 90, 60)).save(buf, format="PNG")
-    run_pk = ctx.run_pk
-    with ctx.catalog.session() as s:
-        s.add(Variant(id="v0", campaign_id=ctx.spec.id, product_id="TER-001", asset_type="hero_tile",
-                      channels=["web_tile"], template_version="t", prompt="a mug", seed=1, params={}))
-        s.flush()
-        s.add(Asset(id="asset0", variant_id="v0", run_pk=run_pk, status=AssetStatus.qa_passed,
-                    uri="file:///unused.png", model_name="tiny-sd", model_version="abc",
-                    scheduler="ddim", steps=2, guidance=7.5, seed=1, backend="test"))
-        stored = ctx.storage.put(ctx.key("derivatives", "web_tile", "v0.png"), buf.getvalue(), "image/png")
-        s.add(Derivative(asset_id="asset0", channel="web_tile", uri=stored.uri, sha256=stored.sha256,
-                         width=8, height=8, format="png", bytes=stored.bytes))
-    review.decide(ctx.catalog, "asset0", "approve", "ann", "ok")
-    return "asset0"
-
-
 def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path, darkroom_home):
     """It used to mark the asset published with no file (and end in a PermissionError
     traceback). Tests run as root, which may write read-only folders: the destination's
@@ -249,7 +265,7 @@ def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path
     from darkroom.errors import StorageError
 
     ctx = run_context(write_spec(tmp_path))
-    asset_id = _approved_asset(ctx)
+    asset_id = approved_asset(ctx)
     dest = darkroom_home / "published" / "dam"
     dest.mkdir(parents=True)
     (dest / ctx.spec.id).write_text("not a folder")
@@ -267,3 +283,43 @@ def test_a_destination_that_cannot_be_written_leaves_the_asset_approved(tmp_path
     with ctx.catalog.session() as s:
         assert s.get(Asset, asset_id).status == AssetStatus.published
     assert len(list((dest / ctx.spec.id).rglob("*.png"))) == 1
+
+
+# -- a reference image that cannot be read when its variant is generated ------------------------
+
+@pytest.mark.usefixtures("use_tiny_model")
+@pytest.mark.parametrize("spoil, words", [
+    pytest.param(lambda p: p.unlink(), "does not exist", id="deleted"),
+    pytest.param(lambda p: p.write_bytes(b"GIF8" + bytes(range(256))), "changed since the variant was planned",
+                 id="overwritten"),
+])
+def test_one_unreadable_reference_fails_only_its_own_variant_with_its_own_reason(tmp_path, darkroom_home,
+                                                                                 spoil, words):
+    """It failed every variant of its forward pass, and recorded its reason for the good ones."""
+    def mutate(d):
+        d["products"].update(reference_image_column="reference", required_columns=["sku"])
+        d["generation"].update(mode="image2image", strength=0.6, steps=2, batch_size=4)
+
+    (tmp_path / "refs").mkdir()
+    rows = CSV_HEADER.replace("\n", ",reference\n")
+    for i, colour in enumerate(["red", "blue", "green"], start=1):
+        Image.new("RGB", (64, 64), colour).save(tmp_path / "refs" / f"TER-00{i}.png")
+        rows += f"TER-00{i},coffee mug,drinkware,{colour},stoneware,18.00,refs/TER-00{i}.png\n"
+    ctx = run_context(write_spec(tmp_path, mutate, rows=rows))
+    validate.run(ctx)
+    [batch] = plan.run(ctx)
+    bad = tmp_path / "refs" / "TER-002.png"
+    spoil(bad)  # between planning and generation
+    counts = generate.run(ctx, batch)
+    assert (counts["generated"], counts["failed"]) == (2, 1)
+    with ctx.catalog.session() as s:
+        assets = {a.variant.product_id: a for a in s.scalars(select(Asset))}
+        statuses = {pid: a.status for pid, a in assets.items()}
+        reasons = {pid: a.failure_reason for pid, a in assets.items()}
+    assert statuses == {"TER-001": "generated", "TER-002": "failed", "TER-003": "generated"}
+    assert reasons["TER-001"] is None and reasons["TER-003"] is None
+    assert reasons["TER-002"].startswith(f"input_image: product 'TER-002', column 'reference': the reference "
+                                         f"image {bad.resolve().as_uri()} ")
+    assert words in reasons["TER-002"] and "fix:" in reasons["TER-002"] and "<_io." not in reasons["TER-002"]
+    originals = {p.stem for p in (darkroom_home / "assets").rglob("originals/*.png")}
+    assert len(originals) == 2 and assets["TER-002"].variant_id not in originals

@@ -85,6 +85,31 @@ def test_fires_when_the_last_decision_arrives(waiting_run):
     assert time.monotonic() - started >= 0.5  # it waited for the third decision
 
 
+def test_logs_a_line_when_the_counts_change_not_on_every_poll(waiting_run, capsys):
+    """Reviewers take hours: a line per poll (every few seconds) buried the triggerer's log.
+    The trigger logs the counts when they change, else at most once a minute."""
+    def reviewers():
+        time.sleep(0.4)  # ~20 polls with nothing decided
+        review.decide(waiting_run, "a0", "approve", "ana")
+        time.sleep(0.4)
+        review.decide(waiting_run, "a1", "reject", "ben")
+        time.sleep(0.4)
+        review.decide(waiting_run, "a2", "approve", "ana")
+
+    thread = threading.Thread(target=reviewers)
+    thread.start()
+    event = _first_event(_trigger(poke=0.02))
+    thread.join()
+    assert event.payload["status"] == "done"
+    # Airflow's structlog writes the trigger's log to stdout here, as in the triggerer.
+    out = capsys.readouterr().out
+    lines = [line.split("] ", 1)[1].split(" [", 1)[0] for line in out.splitlines()
+             if "wait for a decision" in line]
+    assert lines == [f"3 assets of {DAG_ID}/{RUN_ID} wait for a decision (0 approved, 0 rejected)",
+                     f"2 assets of {DAG_ID}/{RUN_ID} wait for a decision (1 approved, 0 rejected)",
+                     f"1 assets of {DAG_ID}/{RUN_ID} wait for a decision (1 approved, 1 rejected)"]
+
+
 def test_turns_exceptions_into_an_error_event(tmp_path, monkeypatch):
     monkeypatch.setenv("DARKROOM_CATALOG_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
     event = _first_event(_trigger())

@@ -104,6 +104,7 @@ class ApiServer:
     url: str
     tokens: dict[str, str]  # user -> bearer token
     log: Path
+    airflow_db: Path  # the API server's metadata database (where DAG run states live)
 
     def request(self, method: str, path: str, *, user: str | None = "admin", body=None,
                 headers: dict | None = None, raw: bytes | None = None) -> tuple[int, dict, bytes]:
@@ -179,7 +180,7 @@ def api_server(workdir: Path, darkroom_env: dict[str, str]) -> Iterator[ApiServe
             raise RuntimeError("airflow api-server could not bind a port (3 tried)")
         passwords = json.loads((airflow_home / "simple_auth_manager_passwords.json.generated").read_text())
         tokens = {user: _get_token(url, user, pw) for user, pw in passwords.items()}
-        yield ApiServer(url, tokens, log)
+        yield ApiServer(url, tokens, log, airflow_home / "airflow.db")
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, 15)

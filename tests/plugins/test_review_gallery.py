@@ -148,6 +148,77 @@ def test_decision_on_an_asset_that_moved_on_is_409(server, filled):
     assert missing[0] == 404
 
 
+def _set_run_state(filled, state: str) -> None:
+    from darkroom.catalog.tables import Run
+
+    with Catalog(filled.catalog_url).session() as s:
+        s.scalar(select(Run).where(Run.dag_id == filled.dag_id, Run.run_id == filled.run_id)).state = state
+
+
+def test_a_finished_runs_gallery_refuses_late_decisions_and_shows_no_buttons(server, filled):
+    """A rejected asset of a run that published: approving it would never publish it, so the
+    API refuses with 409 and the reason, and the gallery offers no decision buttons."""
+    rejected = filled.asset_ids[1]
+    code, _, body = server.request("POST", f"/darkroom/api/assets/{rejected}/reject", body={},
+                                   headers=WRITE)
+    assert code == 200, body  # while the run still waits, decisions take effect
+    open_page = server.request("GET", _gallery(filled))[2].decode()
+    assert 'data-decision="approve"' in open_page and 'id="bulk-approve"' in open_page
+    assert "Decisions are closed" not in open_page
+    _set_run_state(filled, "published")
+    try:
+        before = _reviews(filled)
+        code, _, body = server.request("POST", f"/darkroom/api/assets/{rejected}/approve", body={},
+                                       headers=WRITE)
+        assert code == 409, body
+        detail = json.loads(body)["detail"]
+        assert "has published" in detail and "darkroom regenerate" in detail
+        bulk = f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/approve"
+        code, _, body = server.request("POST", bulk, body={"asset_ids": [rejected]}, headers=WRITE)
+        assert code == 409 and not json.loads(body)["decided"], body
+        assert _reviews(filled) == before and _status(filled, rejected) == AssetStatus.rejected
+        page = server.request("GET", _gallery(filled))[2].decode()
+        assert "Decisions are closed for this run" in page and "its publish step has run" in page
+        assert 'data-decision="approve"' not in page and 'id="bulk-approve"' not in page
+        assert 'data-decidable="1"' not in page
+    finally:
+        _set_run_state(filled, "running")
+
+
+def test_run_index_shows_airflows_state_of_each_run(server, filled):
+    """The run list reads each run's state from Airflow's metadata database (a failed DAG
+    run is "failed", whatever the catalog last wrote); a run Airflow does not know shows "-"."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    # Who may read which DAG's runs comes from Airflow's dag table: the DAG, as its processor
+    # would have written it (this API server parses no DAG files).
+    with sqlite3.connect(server.airflow_db) as db:
+        db.execute("INSERT OR IGNORE INTO dag_bundle (name, active) VALUES ('dags-folder', 1)")
+        db.execute("INSERT INTO dag (dag_id, is_paused, is_stale, bundle_name, timetable_type, "
+                   "partition_mapper_info, max_active_tasks, max_consecutive_failed_dag_runs, "
+                   "has_task_concurrency_limits) VALUES (?, 0, 0, 'dags-folder', 'NullTimetable', "
+                   "'{}', 16, 0, 0)", (filled.dag_id,))
+    rows = json.loads(server.request("GET", "/darkroom/api/runs")[2])
+    ours = [r for r in rows if r["run_id"] == filled.run_id]
+    assert ours and ours[0]["airflow_state"] is None and ours[0]["state"] == "running"
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(server.airflow_db) as db:
+        db.execute("INSERT INTO dag_run (dag_id, run_id, state, run_type, run_after, clear_number, "
+                   "span_status) VALUES (?, ?, 'failed', 'manual', ?, 0, 'not_started')",
+                   (filled.dag_id, filled.run_id, now))
+    try:
+        rows = json.loads(server.request("GET", "/darkroom/api/runs")[2])
+        assert [r["airflow_state"] for r in rows if r["run_id"] == filled.run_id] == ["failed"]
+        html = server.request("GET", "/darkroom/review/")[2].decode()
+        assert '<td class="state st-failed">failed</td>' in html
+        assert "Airflow state <b>failed</b>" in server.request("GET", _gallery(filled))[2].decode()
+    finally:
+        with sqlite3.connect(server.airflow_db) as db:
+            db.execute("DELETE FROM dag_run WHERE dag_id = ? AND run_id = ?", (filled.dag_id, filled.run_id))
+            db.execute("DELETE FROM dag WHERE dag_id = ?", (filled.dag_id,))
+
+
 def test_json_api_lists_filters_and_shows(server, filled):
     base = f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/assets"
     code, _, body = server.request("GET", base)

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from darkroom import imaging
 from darkroom.catalog import runs
-from darkroom.catalog.tables import Asset, AssetStatus, PlanItem, Publication, Run, ValidationResult, Variant
+from darkroom.catalog.tables import (
+    Asset,
+    AssetClaim,
+    AssetStatus,
+    PlanItem,
+    Publication,
+    Run,
+    ValidationResult,
+    Variant,
+)
 from darkroom.config import Settings
 from darkroom.errors import ValidationFailed
 from darkroom.stages import approve, generate, plan, publish, validate
@@ -88,7 +97,8 @@ def test_same_variant_same_pixels_across_runs(tmp_path):
     generate.run(a, 0)
     with a.catalog.session() as s:
         first = s.scalars(select(Asset)).one()
-        s.delete(first)  # pretend it was never made: the next run must reproduce it
+        s.delete(first)  # pretend it was never made (nor claimed): the next run must reproduce it
+        s.delete(s.get(AssetClaim, first.id))
         pixels = imaging.decode(Path(first.uri.removeprefix("file://")).read_bytes()).tobytes()
     b = _ctx(_spec(tmp_path), settings, {"limit": 1}, run_id="run_b")
     plan.run(b)

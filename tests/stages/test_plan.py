@@ -160,8 +160,10 @@ def test_dry_run_prints_plan_and_maps_nothing(tmp_path, caplog):
     with ctx.catalog.session() as s:
         text = s.get(Run, ctx.run_pk).summary["plan"]
     assert text in caplog.text
-    # 20 variants, ceiling 3 tasks -> batches of 7 rather than 4 of 5.
-    assert "20 variants (20 to generate, 0 already generated; 0 rejected by policy), 3 mapped task(s)" in text
+    # 20 variants, ceiling 3 tasks -> batches of 7 rather than 4 of 5. (No model is built
+    # here: the GPU worker resolves it, and claims what it draws.)
+    assert ("20 variants (up to 20 to generate (the GPU worker resolves the model); 0 rejected by "
+            "policy), 3 mapped task(s)") in text
     assert "up to 7 variants (ceiling 3)" in text
     assert "Estimated GPU time" in text
 
@@ -218,7 +220,10 @@ def test_incremental_refresh_generates_only_new_identities(tmp_path, tiny_model,
     plan.run(ctx3)
     with ctx3.catalog.session() as s:
         text = s.get(Run, ctx3.run_pk).summary["plan"]
-    assert "8 variants (0 to generate, 8 already generated" in text
+    # Both earlier runs are still running (as far as anyone told the catalog): they keep what
+    # they claimed, and nothing is drawn twice.
+    assert ("8 variants (0 to generate, 6 drawn by run scheduled__2, still running, 2 drawn by run "
+            "scheduled__1, still running;") in text
     assert "median of the last 14 recorded generations at 64x64, 2 steps" in text
     assert "cost 0.00 at 3.0 per GPU-hour" in text
 

@@ -126,7 +126,8 @@ def test_resolve_model_accepts_models_uris(scenario):
     assert ref.identity == f"models:/{PROFILE}/{scenario['v2'].version}"
     # The model_version Param picks a version number or an alias instead.
     assert resolve_model(f"models:/{PROFILE}@champion", None, settings, "1").version == "1"
-    with pytest.raises(ModelError, match="alias @nope not found"):
+    with pytest.raises(ModelError, match=r"has no alias @nope in the registry .*\(it has versions 1, 2; "
+                                         r"aliases .*champion -> 2"):
         resolve_model(f"models:/{PROFILE}@nope", None, settings)
     with pytest.raises(ModelError, match="is not a profile reference"):
         resolve_model("models:/bad name", None, settings)

@@ -56,7 +56,10 @@ def test_track_logs_what_the_gpu_stages_recorded_and_probes_nothing(tmp_path):
     assert metrics["upscale_gpu_seconds"] == pytest.approx(1.5)
     price = Settings.from_env().gpu_hourly_cost
     assert metrics["estimated_cost"] == pytest.approx((generate_seconds + 1.5) / 3600 * price)
-    assert metrics["peak_memory_mb"] == 3072.0
+    # The largest peak recorded: the upscale host's 3 GiB, unless this process's own peak RSS
+    # (what generate on a CPU records) is larger already, as after the in-process model tests.
+    peaks = [u.peak_memory_bytes for u in used if u.peak_memory_bytes]
+    assert metrics["peak_memory_mb"] == round(max(peaks) / 2**20, 1) >= 3072.0
     assert tags["device"] == "cpu, cuda:0 NVIDIA H200" and tags["dtype"] == "float16, float32"
     assert tags["gpu_workers"] == "gpu-host-7, gpu-host-8"
     assert runs.get(ctx.catalog, ctx.run_pk).mlflow_run_id == run.info.run_id

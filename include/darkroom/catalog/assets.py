@@ -7,15 +7,18 @@ a killed task loses only what it had not recorded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import selectinload
 
 from darkroom.catalog.db import Catalog
 from darkroom.catalog.tables import (
     Asset,
+    AssetClaim,
     AssetLora,
     AssetStatus,
     Derivative,
@@ -23,8 +26,14 @@ from darkroom.catalog.tables import (
     Publication,
     QAResult,
     Review,
+    Run,
     Variant,
 )
+
+#: Decided for good: an asset in one of these stays with the run that got it there, and a
+#: later run that plans its variant reuses it instead of drawing, checking or publishing it
+#: again.
+SETTLED = (AssetStatus.published, AssetStatus.rejected, AssetStatus.qa_failed)
 
 
 def generated_ids(catalog: Catalog, asset_ids) -> set[str]:
@@ -32,6 +41,114 @@ def generated_ids(catalog: Catalog, asset_ids) -> set[str]:
     with catalog.session() as s:
         return set(s.scalars(select(Asset.id).where(Asset.id.in_(list(asset_ids)),
                                                     Asset.status != AssetStatus.failed)))
+
+
+# -- which run draws which asset -------------------------------------------------------------
+
+@dataclass
+class Claims:
+    """What one run may do with the assets it planned (asset id -> variant id asked for).
+
+    ``mine``: claimed by this run, now or by an earlier try of it, or adopted (among them,
+    what it still has to draw); ``adopted``: taken over from runs that ended without
+    deciding them; ``held``: another run, still running, draws or reviews them (asset id ->
+    that run's pk); ``reused``: settled by runs before (published, rejected, failed QA).
+    """
+
+    mine: set[str] = field(default_factory=set)
+    adopted: set[str] = field(default_factory=set)
+    held: dict[str, int] = field(default_factory=dict)
+    reused: set[str] = field(default_factory=set)
+
+
+def _insert_ignoring_duplicates(s, rows: list[dict]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: the claims another run made first stay its own."""
+    dialect = s.get_bind().dialect.name
+    stmt = (postgresql if dialect == "postgresql" else sqlite).insert(AssetClaim)
+    for i in range(0, len(rows), 2000):
+        s.execute(stmt.on_conflict_do_nothing(), rows[i : i + 2000])
+
+
+def claim(catalog: Catalog, run_pk: int, wanted: dict[str, str], alive: Callable[[int], bool], *,
+          reserve: bool = True) -> Claims:
+    """Claim the assets of ``wanted`` (asset id -> variant id) for run ``run_pk``.
+
+    Each asset id is claimed by the first run to ask (a unique row: two runs planning the
+    same variants at once split them, neither draws one twice). An asset another run
+    claimed is that run's while ``alive(its pk)`` says it still runs; once it ended, what it
+    left undecided (not drawn, drawn but not checked, checked but not reviewed, approved but
+    not published) is adopted: the asset, and its claim, move to this run, which takes it
+    through QA, review and publishing. Settled assets are reused. ``reserve=False`` (a dry
+    run) answers the same without writing anything.
+    """
+    ids = list(wanted)
+    out = Claims()
+    if not ids:
+        return out
+    with catalog.session() as s:
+        if reserve:
+            _insert_ignoring_duplicates(s, [{"asset_id": a, "variant_id": wanted[a], "run_pk": run_pk}
+                                            for a in ids])
+        claimed: dict[str, int] = {}
+        made: dict[str, tuple[int, str]] = {}
+        for i in range(0, len(ids), 2000):
+            chunk = ids[i : i + 2000]
+            claimed.update(s.execute(select(AssetClaim.asset_id, AssetClaim.run_pk)
+                                     .where(AssetClaim.asset_id.in_(chunk))).all())
+            made.update((a, (pk, st)) for a, pk, st in s.execute(
+                select(Asset.id, Asset.run_pk, Asset.status).where(Asset.id.in_(chunk))))
+    # Whose is each: the asset's run once it exists, else the claim's.
+    owners = {a: made[a][0] if a in made else claimed.get(a, run_pk) for a in ids}
+    verdict: dict[int, bool] = {}
+    to_adopt: dict[int, list[str]] = {}
+    for a in ids:
+        owner, status = owners[a], made.get(a, (None, None))[1]
+        if status in SETTLED:
+            (out.mine if owner == run_pk else out.reused).add(a)
+        elif owner == run_pk:
+            out.mine.add(a)
+        else:
+            if owner not in verdict:
+                verdict[owner] = alive(owner)
+            if verdict[owner]:
+                out.held[a] = owner
+            else:
+                to_adopt.setdefault(owner, []).append(a)
+    if not to_adopt:
+        return out
+    if not reserve:  # what a real run would adopt
+        adopted = {a for group in to_adopt.values() for a in group}
+        out.mine |= adopted
+        out.adopted |= adopted
+        return out
+    with catalog.session() as s:
+        for owner, group in to_adopt.items():
+            for i in range(0, len(group), 2000):
+                chunk = group[i : i + 2000]
+                # Conditional on the owner, so two runs adopting at once cannot both win.
+                s.execute(update(Asset).where(Asset.id.in_(chunk), Asset.run_pk == owner)
+                          .values(run_pk=run_pk))
+                s.execute(update(AssetClaim).where(AssetClaim.asset_id.in_(chunk),
+                                                   AssetClaim.run_pk == owner).values(run_pk=run_pk))
+        s.flush()
+        group_ids = [a for group in to_adopt.values() for a in group]
+        now = dict(s.execute(select(AssetClaim.asset_id, AssetClaim.run_pk)
+                             .where(AssetClaim.asset_id.in_(group_ids))).all())
+        assets_now = dict(s.execute(select(Asset.id, Asset.run_pk).where(Asset.id.in_(group_ids))).all())
+    for a in group_ids:
+        owner = assets_now.get(a, now.get(a))
+        if owner == run_pk:
+            out.mine.add(a)
+            out.adopted.add(a)
+        else:  # another run adopted it first: it is that run's now
+            out.held[a] = owner
+    return out
+
+
+def claimed_by(catalog: Catalog, run_pk: int) -> set[str]:
+    """The asset ids a run has claimed (drawn or still to draw)."""
+    with catalog.session() as s:
+        return set(s.scalars(select(AssetClaim.asset_id).where(AssetClaim.run_pk == run_pk)))
 
 
 def record(catalog: Catalog, *, asset_id: str, variant, run_pk: int, ref, g, backend: str,
@@ -195,6 +312,8 @@ def claim_approved(catalog: Catalog, run_pk: int) -> list[Claimed]:
     retry (which selects approved and published assets) claims the same ones again."""
     work = []
     with catalog.session() as s:
+        # From now on a decision on this run's assets could not take effect: refused (409).
+        s.execute(update(Run).where(Run.id == run_pk).values(state="publishing"))
         assets = list(s.scalars(select(Asset).where(
             Asset.run_pk == run_pk, Asset.status.in_([AssetStatus.approved, AssetStatus.published]))
             .order_by(Asset.created_at, Asset.id).with_for_update()))

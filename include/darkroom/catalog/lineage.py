@@ -142,6 +142,16 @@ def variant_ids(catalog: Catalog, **filters) -> list[str]:
         return sorted({a.variant_id for a, _run in s.execute(search_query(**filters)).all()})
 
 
+def known_variants(catalog: Catalog, campaign_id: str, variant_ids: list[str]) -> set[str]:
+    """Those of ``variant_ids`` that are variants of the campaign."""
+    found: set[str] = set()
+    with catalog.session() as s:
+        for i in range(0, len(variant_ids), 5000):
+            found |= set(s.scalars(select(Variant.id).where(
+                Variant.campaign_id == campaign_id, Variant.id.in_(variant_ids[i : i + 5000]))))
+    return found
+
+
 def versions(catalog: Catalog, variant_id: str) -> list[dict]:
     """Every asset version of one variant, oldest first, with what each supersedes."""
     with catalog.session() as s:

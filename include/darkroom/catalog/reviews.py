@@ -10,7 +10,11 @@ Deciding locks the asset row (``SELECT ... FOR UPDATE`` on PostgreSQL, the datab
 lock on SQLite), so two reviewers deciding the same asset at once are serialized: both rows
 are kept and the status follows the rule above. A decision on an asset that has moved on
 (published, failed QA, failed, or superseded by a newer version) is refused with
-:class:`AssetMovedOn`.
+:class:`AssetMovedOn`, and so is one that could no longer take effect: on an asset of a run
+whose publish step has started or ended (the run is ``publishing`` or ``published``), or of a
+run attempt a re-processed DAG run replaced. Decisions never re-open publishing: what a
+finished run did not publish is published by a new run of a new version
+(``darkroom regenerate``), whose reviewers decide on it.
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: 
         newer = s.scalar(select(Asset.id).where(Asset.supersedes_id == asset.id))
         if newer:
             raise AssetMovedOn(f"asset {asset_id} was superseded by {newer}; review that one")
+        late = _too_late(s, s.get(Run, asset.run_pk))
+        if late:
+            raise AssetMovedOn(f"asset {asset_id}: {late}")
         if asset.status not in DECIDABLE:
             raise AssetMovedOn(f"asset {asset_id} is {asset.status}; only assets that passed QA "
                                "and are not yet published take a decision")
@@ -89,6 +96,27 @@ def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: 
         asset.status = _status_after(s, asset, _quorum(s, asset) if quorum is None else quorum)
         s.flush()
         return row
+
+
+def _too_late(s, run: Run) -> str | None:
+    """Why no decision on the run's assets can take effect any more, or None."""
+    if run.state in ("publishing", "published"):
+        return (f"run {run.run_id} has {'published' if run.state == 'published' else 'started publishing'}"
+                "; a decision now would never be published; fix: regenerate it in a new run "
+                "(`darkroom regenerate CAMPAIGN --model-version V --where status=rejected`), whose "
+                "reviewers decide on the new version")
+    newer = s.scalar(select(Run.attempt).where(Run.dag_id == run.dag_id, Run.run_id == run.run_id,
+                                               Run.attempt > run.attempt).limit(1))
+    if newer is not None:
+        return (f"run {run.run_id} was re-processed (attempt {newer} replaced attempt {run.attempt}); "
+                "decide in the newest attempt's gallery")
+    return None
+
+
+def open_for_decisions(catalog: Catalog, run: RunRef) -> bool:
+    """Whether decisions on the run's assets can still take effect (the gallery's buttons)."""
+    with catalog.session() as s:
+        return _too_late(s, s.get(Run, run.pk)) is None
 
 
 def _quorum(s, asset: Asset) -> int:

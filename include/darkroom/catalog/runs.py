@@ -23,7 +23,7 @@ from darkroom.catalog.tables import (
     ValidationResult,
     Variant,
 )
-from darkroom.ids import regenerated_variant_id
+from darkroom.ids import regenerated_variant_id, run_key
 
 #: Variant ids per IN (...) list: under SQLite's bound-parameter limit.
 CHUNK = 5000
@@ -45,18 +45,38 @@ class RunRef:
     manifest_uri: str | None
     summary: dict = field(default_factory=dict)
     started_at: datetime | None = None
+    attempt: int = 0
+    model_identity: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The attempt's storage key segment (``darkroom.ids.run_key``)."""
+        return run_key(self.run_id, self.attempt)
 
 
 def _ref(run: Run) -> RunRef:
     return RunRef(run.id, run.campaign_id, run.dag_id, run.run_id, run.state, run.model_ref,
                   run.model_version, run.mlflow_run_id, run.contact_sheet_uri, run.manifest_uri,
-                  dict(run.summary or {}), run.started_at)
+                  dict(run.summary or {}), run.started_at, run.attempt, run.model_identity)
+
+
+def _newest(s, dag_id: str, run_id: str) -> Run | None:
+    return s.scalars(select(Run).where(Run.dag_id == dag_id, Run.run_id == run_id)
+                     .order_by(Run.attempt.desc())).first()
 
 
 # -- registering and finding runs ------------------------------------------------------------
 
-def register(catalog: Catalog, loaded, dag_id: str, run_id: str, conf: dict) -> int:
-    """Upsert the campaign row (its spec) and the run row; return the run's primary key."""
+def register(catalog: Catalog, loaded, dag_id: str, run_id: str, conf: dict, *,
+             start: bool = False, model_identity: str | None = None) -> int:
+    """Upsert the campaign row (its spec) and the run's attempt; return its primary key.
+
+    This is the DAG run's newest attempt (the first, when there is none yet). The first task
+    of a run (validate_inputs) passes ``start`` and the model it resolved (None when its
+    worker cannot see the model): when the newest attempt was made with other Params or
+    another model, the DAG run was re-processed (an Airflow backfill clears it and keeps its
+    run id) and a new attempt starts, so the earlier attempt's assets, decisions and manifest
+    stay as they were."""
     spec = loaded.spec
     with catalog.session() as s:
         campaign = s.get(Campaign, spec.id)
@@ -67,20 +87,38 @@ def register(catalog: Catalog, loaded, dag_id: str, run_id: str, conf: dict) -> 
         elif campaign.spec_hash != spec.spec_hash:
             campaign.spec_hash, campaign.spec_body = spec.spec_hash, body
             campaign.spec_path = str(loaded.path)
-        run = s.scalar(select(Run).where(Run.dag_id == dag_id, Run.run_id == run_id))
-        if run is None:
+        run = _newest(s, dag_id, run_id)
+        redone = run is not None and start and (
+            run.conf != conf or None not in (run.model_identity, model_identity)
+            and run.model_identity != model_identity)
+        if run is None or redone:
             run = Run(campaign_id=spec.id, dag_id=dag_id, run_id=run_id, spec_hash=spec.spec_hash,
-                      conf=conf, model_ref=spec.generation.model)
+                      conf=conf, model_ref=spec.generation.model,
+                      attempt=run.attempt + 1 if run is not None else 0)
             s.add(run)
-            s.flush()
+        if model_identity is not None:
+            run.model_identity = model_identity
+        s.flush()
         return run.id
 
 
-def find_run(catalog: Catalog, dag_id: str, run_id: str) -> RunRef | None:
-    """The run of an Airflow DAG run, if the catalog has it."""
+def find_run(catalog: Catalog, dag_id: str, run_id: str, attempt: int | None = None) -> RunRef | None:
+    """The run of an Airflow DAG run, if the catalog has it: its newest attempt, or ``attempt``."""
     with catalog.session() as s:
-        run = s.scalar(select(Run).where(Run.dag_id == dag_id, Run.run_id == run_id))
+        if attempt is None:
+            run = _newest(s, dag_id, run_id)
+        else:
+            run = s.scalar(select(Run).where(Run.dag_id == dag_id, Run.run_id == run_id,
+                                             Run.attempt == attempt))
         return _ref(run) if run else None
+
+
+def superseded(catalog: Catalog, run_pk: int) -> bool:
+    """Whether a later attempt of the same DAG run exists (the DAG run was re-processed)."""
+    with catalog.session() as s:
+        run = s.get(Run, run_pk)
+        return s.scalar(select(func.count()).select_from(Run).where(
+            Run.dag_id == run.dag_id, Run.run_id == run.run_id, Run.attempt > run.attempt)) > 0
 
 
 def get(catalog: Catalog, run_pk: int) -> RunRef:
@@ -122,8 +160,8 @@ def recent_runs(catalog: Catalog, dag_ids: set[str] | None = None, limit: int = 
     for run in found:
         c = counts(catalog, run.pk)
         out.append({"campaign": run.campaign, "dag_id": run.dag_id, "run_id": run.run_id,
-                    "state": run.state, "started_at": run.started_at, "waiting": c.waiting,
-                    "total": c.total})
+                    "attempt": run.attempt, "state": run.state, "started_at": run.started_at,
+                    "waiting": c.waiting, "total": c.total})
     return out
 
 
@@ -241,6 +279,15 @@ def set_mlflow_run(catalog: Catalog, run_pk: int, mlflow_run_id: str) -> None:
         s.get(Run, run_pk).mlflow_run_id = mlflow_run_id
 
 
+def mark_ended(catalog: Catalog, run_pk: int, state: str, reason: str) -> None:
+    """End a run that will not publish: ``failed`` (every asset failed) or ``stopped`` (a
+    signal ended ``darkroom run``), the reason kept in its summary."""
+    with catalog.session() as s:
+        run = s.get(Run, run_pk)
+        run.state = state
+        run.summary = {**(run.summary or {}), "ended": reason}
+
+
 def mark_published(catalog: Catalog, run_pk: int, manifest_uri: str, published_assets: int) -> None:
     with catalog.session() as s:
         run = s.get(Run, run_pk)
@@ -291,13 +338,6 @@ def store_plan(catalog: Catalog, run_pk: int, campaign_id: str, variants: list, 
         if items:
             s.execute(insert(PlanItem), items)
     return set(new)
-
-
-def already_generated(catalog: Catalog, variant_ids: list[str]) -> set[str]:
-    """The variants that have a (non-failed) asset made by any model version: what a re-run
-    reuses when the model is unchanged."""
-    with catalog.session() as s:
-        return _in_chunks(s, Asset.variant_id, list(variant_ids), Asset.status != AssetStatus.failed)
 
 
 def planned(catalog: Catalog, run_pk: int, batch: int) -> list[tuple[Variant, str | None]]:

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from darkroom.ids import key_part
+from darkroom.ids import run_key
 
 
 def utcnow() -> datetime:
@@ -75,8 +75,12 @@ class Campaign(Base):
 
 
 class Run(Base):
+    """One attempt of an Airflow DAG run. A DAG run re-processed with other Params or another
+    model (a backfill with ``--reprocess-behavior completed`` clears it and keeps its run id)
+    is a new attempt: its own plan, assets, review, manifest and MLflow run (0008)."""
+
     __tablename__ = "run"
-    __table_args__ = (UniqueConstraint("dag_id", "run_id", name="uq_run_dag_run"),)
+    __table_args__ = (UniqueConstraint("dag_id", "run_id", "attempt", name="uq_run_dag_run_attempt"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaign.id"), index=True)
@@ -92,11 +96,15 @@ class Run(Base):
     contact_sheet_uri: Mapped[str | None] = mapped_column(Text)
     manifest_uri: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The model the attempt draws with (generation.models.ModelRef.identity), resolved by
+    # validate_inputs when its worker can: what asset ids hash (0008).
+    model_identity: Mapped[str | None] = mapped_column(Text)
 
     @property
     def key(self) -> str:
-        """A path-safe name for the run, used in storage keys."""
-        return key_part(self.run_id)
+        """A path-safe name for the run attempt, used in storage keys."""
+        return run_key(self.run_id, self.attempt)
 
 
 class ValidationResult(Base):
@@ -208,6 +216,21 @@ class Asset(Base):
     # indexed lookup instead of a JSON scan.
     lora_rows: Mapped[list[AssetLora]] = relationship(cascade="all, delete-orphan",
                                                       order_by="AssetLora.name")
+
+
+class AssetClaim(Base):
+    """Which run draws an asset: one row per asset id (a variant at one model identity), made
+    before the image is (0008). Runs of one campaign at once (a backfill beside a scheduled
+    refresh, a refresh beside a run waiting for reviewers) each draw only what they claimed:
+    the primary key lets exactly one of them insert it. A run that finished (or died) leaves
+    what it did not get to decide to whichever run plans that variant next, which adopts it."""
+
+    __tablename__ = "asset_claim"
+
+    asset_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    variant_id: Mapped[str] = mapped_column(ForeignKey("variant.id"), index=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("run.id"), index=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AssetLora(Base):

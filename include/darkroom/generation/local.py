@@ -27,6 +27,7 @@ from typing import Any
 
 import diffusers
 import torch
+import transformers
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 from diffusers.models.embeddings import ImageProjection
 
@@ -41,6 +42,21 @@ from darkroom.generation.families import (
 )
 from darkroom.generation.models import ModelRef, PipelineOptions, model_family
 from darkroom.generation.types import SCHEDULERS, DeviceUse, Request, Result
+
+
+def library_notices_through_logging() -> None:
+    """diffusers and transformers print their notices and progress bars straight to stderr,
+    which an Airflow task log files as errors: send the notices through Python logging at
+    their own level (a prompt CLIP truncates at 77 tokens is a warning), and draw no bars (a
+    batch logs its own progress). The torchvision fallback notice is dropped in
+    darkroom.generation, before these imports emit it."""
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_default_handler()
+        lib.utils.logging.enable_propagation()
+        lib.utils.logging.disable_progress_bar()
+
+
+library_notices_through_logging()
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -17,6 +17,7 @@ from pathlib import Path
 from darkroom.config import Settings
 from darkroom.errors import ModelError
 from darkroom.generation.families import family_of_class_name
+from darkroom.ids import key_part
 
 # Generation parameters a profile may default; a campaign's explicit value wins. Size is
 # not among them: QA checks the campaign's own width and height.
@@ -226,3 +227,23 @@ def local_model_digest(path: Path) -> str:
              for f in _model_files(root)]
     signature = hashlib.sha256(repr(stats).encode()).hexdigest()
     return _cached_digest(str(root), signature)
+
+
+def choices_file(settings: Settings, profile: str) -> Path:
+    """Where a profile's versions and aliases are noted for parse time (profiles.remember_choices)."""
+    return settings.home / "models" / "profiles" / f"{key_part(profile)}.json"
+
+
+def profile_choices(settings: Settings, model: str) -> tuple[list[str], dict[str, str]]:
+    """The versions and aliases a ``models:/<profile>...`` campaign can ask for, as last noted
+    by a darkroom command (register, promote, rollback, list): ``([versions], {alias: version})``.
+    Empty for other models or when nothing was noted. A JSON read: cheap at DAG parse time."""
+    if not model.startswith("models:/"):
+        return [], {}
+    name = re.split(r"[@/]", model.removeprefix("models:/"), maxsplit=1)[0]
+    try:
+        data = json.loads(choices_file(settings, name).read_text("utf-8"))
+        return [str(v) for v in data.get("versions", [])], {str(a): str(v) for a, v in
+                                                           data.get("aliases", {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return [], {}

@@ -32,8 +32,8 @@ from mlflow.pyfunc import PythonModel
 
 from darkroom import tracking
 from darkroom.config import Settings
-from darkroom.errors import ModelError
-from darkroom.generation.models import Lora, ModelRef, local_model_digest
+from darkroom.errors import ModelError, ModelFilesMissing
+from darkroom.generation.models import Lora, ModelRef, choices_file, local_model_digest
 from darkroom.generation.types import SCHEDULERS, Request
 
 PROFILE_TAG = "darkroom.profile"
@@ -121,12 +121,32 @@ def resolve_profile(settings: Settings, uri: str, requested: str | None = None) 
         mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
     except MlflowException as exc:
         what = f"alias @{alias}" if alias else f"version {version}"
+        detail = exc.message if hasattr(exc, "message") else str(exc)
+        if getattr(exc, "error_code", None) not in NOT_FOUND:
+            raise ModelError(f"model profile {name!r} {what}: the registry at {settings.mlflow_tracking_uri} "
+                             f"did not answer ({detail}); the task is retried", retryable=True) from None
         raise ModelError(
-            f"model profile {name!r} {what} not found in the registry at "
-            f"{settings.mlflow_tracking_uri} ({exc.message if hasattr(exc, 'message') else exc}); fix: "
-            f"`darkroom models register {name} ...` then `darkroom models promote {name} VERSION "
-            f"--alias {alias or 'champion'}`, or set DARKROOM_MLFLOW_TRACKING_URI") from None
+            f"model profile {name!r} has no {what} in the registry at {settings.mlflow_tracking_uri}"
+            f"{_known(c, name)}; fix: use one of those as model_version, or `darkroom models register "
+            f"{name} ...` then `darkroom models promote {name} VERSION --alias {alias or 'champion'}`"
+        ) from None
     return ResolvedProfile(name=name, version=str(mv.version), profile=_tags_of(mv), alias=alias)
+
+
+#: MLflow's error codes for a registered model, version or alias that does not exist.
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def _known(c, name: str) -> str:
+    """`` (it has versions 1, 2; aliases champion -> 2)`` for an error message; empty when
+    the profile itself is unknown or the registry does not say."""
+    try:
+        rm = c.get_registered_model(name)
+        versions = sorted((v.version for v in c.search_model_versions(f"name = '{name}'")), key=int)
+    except Exception:
+        return " (no such profile)"
+    aliases = ", ".join(f"{a} -> {v}" for a, v in sorted((rm.aliases or {}).items()))
+    return f" (it has versions {', '.join(map(str, versions)) or 'none'}; aliases {aliases or 'none'})"
 
 
 def register(settings: Settings, name: str, base: str, *, revision: str | None = None,
@@ -172,6 +192,7 @@ def register(settings: Settings, name: str, base: str, *, revision: str | None =
         c.set_model_version_tag(name, version, "checksum", checksum)
     if description:
         c.update_model_version(name, version, description=description)
+    remember_choices(settings, name)
     return ResolvedProfile(name=name, version=version, profile=profile)
 
 
@@ -204,6 +225,7 @@ def promote(settings: Settings, name: str, version: str, alias: str = "champion"
         history.append(str(version))
     c.set_registered_model_alias(name, alias, str(version))
     _record(c, name, alias, history, "promote", str(version))
+    remember_choices(settings, name)
     return previous
 
 
@@ -218,6 +240,7 @@ def rollback(settings: Settings, name: str, alias: str = "champion") -> str:
     version = history[-1]
     c.set_registered_model_alias(name, alias, version)
     _record(c, name, alias, history, "rollback", version)
+    remember_choices(settings, name)
     return version
 
 
@@ -226,14 +249,39 @@ def describe(settings: Settings, name: str) -> dict:
     c = client(settings)
     rm = c.get_registered_model(name)
     versions = sorted(c.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    aliases = dict(rm.aliases or {})
+    # search_model_versions leaves each version's aliases empty: the registered model has them.
+    by_version: dict[str, list[str]] = {}
+    for alias, version in sorted(aliases.items()):
+        by_version.setdefault(str(version), []).append(alias)
+    remember_choices(settings, name, [v.version for v in versions], aliases)
     return {
         "name": name,
-        "aliases": dict(rm.aliases or {}),
+        "aliases": aliases,
         "history": {a: _history(c, name, a) for a in ALIASES},
         "events": json.loads((rm.tags or {}).get(EVENTS_TAG, "[]")),
-        "versions": [{"version": v.version, "aliases": list(v.aliases or []),
+        "versions": [{"version": v.version, "aliases": by_version.get(str(v.version), []),
                       "profile": json.loads((v.tags or {}).get(PROFILE_TAG, "{}"))} for v in versions],
     }
+
+
+def remember_choices(settings: Settings, name: str, versions=None, aliases=None) -> None:
+    """Note the profile's versions and aliases where the DAG file reads them at parse time
+    (``models.profile_choices``: the trigger form's suggestions for ``model_version``). Best
+    effort: the registry stays the truth, validate_inputs checks against it."""
+    try:
+        if versions is None or aliases is None:
+            c = client(settings)
+            aliases = dict(c.get_registered_model(name).aliases or {})
+            versions = [v.version for v in c.search_model_versions(f"name = '{name}'")]
+        path = choices_file(settings, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"versions": sorted({str(v) for v in versions}, key=int),
+                                   "aliases": {a: str(v) for a, v in sorted(aliases.items())}}))
+        tmp.replace(path)
+    except Exception:  # a read-only home, a registry hiccup: suggestions are a convenience
+        pass
 
 
 # -- the pyfunc --------------------------------------------------------------------------
@@ -289,7 +337,8 @@ def model_ref(rp: ResolvedProfile, verify: bool = True):
                     f"weights as a new version (`darkroom models register {rp.name} {path}`)")
         location, is_local = str(path.resolve()), True
     elif p.base.startswith(("/", ".", "~")):
-        raise ModelError(f"model profile {rp.name} version {rp.version}: base folder {p.base} is gone")
+        raise ModelFilesMissing(f"model profile {rp.name} version {rp.version}: base folder {p.base} "
+                                "is gone")
     else:
         location, is_local = p.base, False
     model_hash = (p.checksum or hashlib.sha256(f"{p.base}@{p.revision}".encode()).hexdigest())[:10]

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from darkroom.config import Settings
-from darkroom.errors import ModelError
+from darkroom.errors import ModelError, ModelFilesMissing
 from darkroom.generation.models import CAMPAIGN_DEFAULTS, ModelRef, local_model_digest
 
 
@@ -33,7 +33,7 @@ def resolve_model(model: str, revision: str | None, settings: Settings,
     if model == "tiny":
         path = settings.tiny_model_dir
         if not (path / "model_index.json").is_file():
-            raise ModelError(
+            raise ModelFilesMissing(
                 f"the offline tiny model is not built at {path}; fix: run "
                 f"`darkroom models build-tiny {path}` (make demo does this)"
             )
@@ -52,7 +52,7 @@ def resolve_model(model: str, revision: str | None, settings: Settings,
             raise ModelError(f"{path} has no model_index.json: not a diffusers pipeline folder")
         return _local_ref(path, path.name, requested_version)
     if model.startswith(("/", ".", "~")):
-        raise ModelError(f"generation.model = {model!r}: folder does not exist")
+        raise ModelFilesMissing(f"generation.model = {model!r}: folder does not exist")
     rev = requested_version or revision or "main"
     return ModelRef(name=model, location=model, revision=rev, version=rev,
                     model_hash=hashlib.sha256(f"{model}@{rev}".encode()).hexdigest()[:10],
@@ -64,8 +64,11 @@ def _local_ref(path: Path, name: str, requested: str | None) -> ModelRef:
     version = digest[:12]
     if requested and not digest.startswith(requested):
         raise ModelError(
-            f"model_version {requested!r} was requested but {path} is version {version}; "
-            "fix: point generation.model at the folder holding that version, or drop the Param"
+            f"model_version {requested!r} is not a version of {name} at {path}: a local folder has "
+            f"one version, its checksum ({version}); fix: leave model_version empty, or give "
+            f"{version}; to try another model, register both folders as versions of a profile "
+            "(`darkroom models register NAME FOLDER`) and point generation.model at "
+            "models:/NAME@champion (docs/regenerate.md)"
         )
     return ModelRef(name=name, location=str(path.resolve()), revision=None, version=version,
                     model_hash=digest[:10], is_local=True)

@@ -103,6 +103,7 @@ class BackendError(DarkroomError):
     """A backend failed as a whole; ``reason`` is the failure reason recorded per variant."""
 
     reason = "backend_unavailable"
+    retryable = True  # a backend down or slow may answer the next attempt
 
 
 class BackendUnavailable(BackendError):
@@ -115,6 +116,7 @@ class BackendTimeout(BackendError):
 
 class InvalidRequest(BackendError):
     reason = "invalid_request"
+    retryable = False
 
 
 def device_use(backend) -> DeviceUse:

@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from darkroom.catalog import runs
 from darkroom.catalog.db import Catalog
 from darkroom.config import Settings
-from darkroom.ids import key_part
+from darkroom.ids import key_part, run_key
+from darkroom.params import RunConf
 from darkroom.spec import LoadedSpec, load_spec
 from darkroom.storage import Storage, open_storage
 
+__all__ = ["RunConf", "RunContext"]
 
-@dataclass
-class RunConf:
-    """The Params a person sets when triggering a run (Airflow UI, CLI --conf)."""
-
-    model_version: str | None = None
-    limit: int | None = None
-    seed_offset: int = 0
-    dry_run: bool = False
-    # Only these variant ids (darkroom regenerate --where ...); None: every variant.
-    variants: list[str] | None = None
-
-    @classmethod
-    def from_dict(cls, conf: dict | None) -> RunConf:
-        conf = dict(conf or {})
-        limit = conf.get("limit")
-        return cls(
-            model_version=conf.get("model_version") or None,
-            limit=int(limit) if limit not in (None, "", 0) else None,
-            seed_offset=int(conf.get("seed_offset") or 0),
-            dry_run=bool(conf.get("dry_run", False)),
-            variants=list(conf["variants"]) if conf.get("variants") else None,
-        )
+#: Orchestrator states in which a run may still draw, check, review or publish.
+ACTIVE_STATES = ("queued", "running", "restarting", "up_for_retry", "deferred")
 
 
 @dataclass
@@ -54,12 +37,19 @@ class RunContext:
     #: The host this stage runs on, as the orchestrator names it (Airflow's task instance
     #: hostname); recorded with what the GPU stages measure on it.
     worker: str = field(default_factory=socket.gethostname)
+    #: The orchestrator's state of a DAG run ("running", "success", "failed"...), or None
+    #: when it cannot tell: the Airflow adapters ask Airflow. Decides whether another run
+    #: that claimed an asset still works on it (see catalog.assets.claim).
+    run_state: Callable[[str, str], str | None] | None = None
     _run_pk: int | None = field(default=None, repr=False)
+    _attempt: int = field(default=0, repr=False)
+    _model: tuple | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, spec_path: str | Path, dag_id: str, run_id: str, conf: dict | None = None,
              settings: Settings | None = None, s3_client=None, s3_client_factory=None,
-             sql_url_factory=None, worker: str | None = None) -> RunContext:
+             sql_url_factory=None, worker: str | None = None,
+             run_state: Callable[[str, str], str | None] | None = None) -> RunContext:
         settings = settings or Settings.from_env()
         return cls(
             loaded=load_spec(spec_path),
@@ -73,6 +63,7 @@ class RunContext:
             s3_client_factory=s3_client_factory,
             sql_url_factory=sql_url_factory,
             worker=worker or socket.gethostname(),
+            run_state=run_state,
         )
 
     @property
@@ -81,15 +72,57 @@ class RunContext:
 
     @property
     def run_key(self) -> str:
-        return key_part(self.run_id)
+        """The run attempt's storage key segment (``-attempt-N`` after a re-process)."""
+        _ = self.run_pk
+        return run_key(self.run_id, self._attempt)
 
     @property
     def run_pk(self) -> int:
-        """The run's row in the catalog, registered (with its campaign) on first use."""
+        """The run's row in the catalog (its newest attempt), registered (with its campaign)
+        on first use."""
         if self._run_pk is None:
-            self._run_pk = runs.register(self.catalog, self.loaded, self.dag_id, self.run_id,
-                                         self.conf.__dict__)
+            self._use(runs.register(self.catalog, self.loaded, self.dag_id, self.run_id,
+                                    self.conf.as_conf()))
         return self._run_pk
+
+    def start(self, model_identity: str | None) -> int:
+        """Register the run as its first task does: a DAG run re-processed with other Params
+        or another model starts a new attempt (catalog.runs.register)."""
+        self._use(runs.register(self.catalog, self.loaded, self.dag_id, self.run_id,
+                                self.conf.as_conf(), start=True, model_identity=model_identity))
+        return self._run_pk
+
+    def _use(self, run_pk: int) -> None:
+        self._run_pk = run_pk
+        self._attempt = runs.get(self.catalog, run_pk).attempt
+
+    def model(self, *, pinned: bool = True):
+        """``(ModelRef, generation)``: the model this run draws with, resolved once per task:
+        the ``model_version`` Param, else (``pinned``) the version the run recorded (an alias
+        resolves once per run: validate_inputs, which passes ``pinned=False``, records it),
+        else the spec's model. :raises ModelError: it cannot be resolved."""
+        if self._model is None:
+            from darkroom.generation import resolve  # profiles import MLflow: only when asked
+
+            requested = self.conf.model_version
+            if requested is None and pinned:
+                requested = runs.get(self.catalog, self.run_pk).model_version
+            self._model = resolve.for_campaign(self.loaded, self.settings, requested)
+        return self._model
+
+    def alive(self, run_pk: int) -> bool:
+        """Whether the run ``run_pk`` may still work on what it claimed: not superseded by a
+        later attempt, and running as the orchestrator tells (without an orchestrator's word,
+        as the catalog tells: not yet publishing or published)."""
+        if run_pk == self._run_pk:
+            return True
+        if runs.superseded(self.catalog, run_pk):
+            return False
+        other = runs.get(self.catalog, run_pk)
+        state = self.run_state(other.dag_id, other.run_id) if self.run_state else None
+        if state is not None:
+            return str(state).lower() in ACTIVE_STATES
+        return other.state == "running"
 
     def key(self, *parts: str) -> str:
         """The storage key ``{campaign}/{run}/{parts...}``, every part one safe segment."""

@@ -18,7 +18,7 @@ from PIL import Image
 from darkroom import ids, imaging
 from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import AssetStatus, Variant
-from darkroom.generation import resolve, routing
+from darkroom.generation import routing
 from darkroom.generation.passes import generate_halving
 from darkroom.generation.types import PRIVATE_BACKENDS, InvalidRequest, Request, device_use
 from darkroom.stages.context import RunContext
@@ -35,17 +35,20 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
     :param progress: called with 1 for each image written.
     """
     # 1. Resolve the model to a concrete version (recorded on the run and every asset).
-    ref, g = resolve.for_campaign(ctx.loaded, ctx.settings, ctx.conf.model_version)
+    ref, g = ctx.model()
     runs.record_model(ctx.catalog, ctx.run_pk, ref)
-    # 2. Skip variants already generated with this identity (retries, re-runs, refreshes).
+    # 2. Draw what this run claimed and has no image of yet (retries, re-runs and refreshes
+    #    skip the rest; another run still working on a variant keeps it).
     planned = runs.planned(ctx.catalog, ctx.run_pk, batch)
     variants = [v for v, _ in planned]
     asset_ids = {v.id: ids.asset_id(v.id, ref.identity) for v in variants}
-    done = assets.generated_ids(ctx.catalog, asset_ids.values())
-    todo = [v for v in variants if asset_ids[v.id] not in done]
+    share = assets.claim(ctx.catalog, ctx.run_pk, {asset_ids[v.id]: v.id for v in variants}, ctx.alive)
+    done = assets.generated_ids(ctx.catalog, share.mine)
+    todo = [v for v in variants if asset_ids[v.id] in share.mine and asset_ids[v.id] not in done]
     counts = Counter(skipped=len(variants) - len(todo))
-    log.info("Batch %d: %d variants, %d already generated with model %s@%s, %d to generate",
-             batch, len(variants), counts["skipped"], ref.name, ref.version, len(todo))
+    log.info("Batch %d: %d variants, %d already generated with model %s@%s, %d drawn by other "
+             "running runs, %d to generate", batch, len(variants), len(done | share.reused), ref.name,
+             ref.version, len(share.held), len(todo))
     if not todo:
         return {"batch": batch, **counts}
     # 3. The backends routing chose for each variant when the run was planned.
@@ -61,9 +64,19 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
     #    the pass size, not its company, decides a variant's pixels).
     seconds = 0.0
     for start in range(0, len(todo), g.batch_size):
-        chunk = todo[start : start + g.batch_size]
+        chunk, requests = [], []
+        for v in todo[start : start + g.batch_size]:
+            try:  # each variant's inputs on their own: one unreadable reference fails only its variant
+                requests.append(request_for(ctx, v, g))
+            except InputImageError as exc:
+                log.warning("Variant %s (product %s) failed: %s", v.id, v.product_id, exc)
+                record_failure(ctx, v, asset_ids[v.id], ref, g, backend.name, f"{exc.reason}: {exc}"[:500])
+                counts["failed"] += 1
+                continue
+            chunk.append(v)
+        if not chunk:
+            continue
         try:
-            requests = [request_for(ctx, v, g) for v in chunk]
             started = time.perf_counter()
             try:
                 results = generate_halving(
@@ -109,10 +122,28 @@ def planned_route(ctx: RunContext, v: Variant) -> str:
     return routing.backend_for(ctx.spec, {**routing.campaign_facts(ctx.spec), "asset_type": v.asset_type})
 
 
+class InputImageError(InvalidRequest):
+    """A variant's ``key`` image (reference or mask) cannot be used: unreadable, or changed
+    since planning."""
+
+    reason = "input_image"
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 def request_for(ctx: RunContext, v: Variant, g) -> Request:
-    """The backend request for one planned variant."""
+    """The backend request for one planned variant; InputImageError names the product, the
+    column and the URI of an input image that cannot be used."""
+    p = ctx.spec.products
+    try:
+        fields = input_fields(v.params, g.width, g.height, s3_client=ctx.s3)
+    except InputImageError as exc:
+        column = p.mask_image_column if exc.key == "mask" else p.reference_image_column
+        raise InputImageError(exc.key, f"product {v.product_id!r}, column {column!r}: {exc}") from None
     return Request(v.id, v.prompt, v.negative_prompt, v.seed, g.width, g.height, g.steps, g.guidance,
-                   g.scheduler, **input_fields(v.params, g.width, g.height, s3_client=ctx.s3))
+                   g.scheduler, **fields)
 
 
 def input_fields(params: dict | None, width: int, height: int, *, s3_client=None) -> dict:
@@ -129,11 +160,18 @@ def input_fields(params: dict | None, width: int, height: int, *, s3_client=None
         if key not in params:
             continue
         uri, expected = params[key]["uri"], params[key]["sha256"]
-        data = read_uri(uri, s3_client=s3_client)
-        if sha256_bytes(data) != expected:
-            raise InvalidRequest(f"the {key} image {uri} changed since the variant was planned; "
-                                 "fix: start a new run (it plans a new variant for the new image)")
-        img = imaging.decode(data).convert("L" if key == "mask" else "RGB")
+        try:
+            data = read_uri(uri, s3_client=s3_client)
+            if sha256_bytes(data) != expected:
+                raise InputImageError(key, f"the {key} image {uri} changed since the variant was "
+                                      "planned; fix: start a new run (it plans a new variant for the "
+                                      "new image)")
+            img = imaging.decode(data).convert("L" if key == "mask" else "RGB")
+        except InputImageError:
+            raise
+        except Exception as exc:  # storage errors, S3 errors, imaging.BadImage: the reason is the text
+            raise InputImageError(key, f"the {key} image {uri} cannot be read: {exc}; fix: restore "
+                                  "the file, or start a new run") from None
         # To the output size: SD image-to-image takes its size from the image.
         fields[key] = img.resize((width, height), Image.Resampling.LANCZOS)
     return fields

@@ -4,7 +4,11 @@ over. Each planned variant carries the backend the spec's routing rules chose fo
 GPU workers never read the product source.
 
 Variant ids are hashes of their identity, so a re-run (or a scheduled refresh) finds the
-variants it already has, stores only the new ones, and generate skips what exists.
+variants it already has, stores only the new ones, and generate skips what exists. The run
+claims the assets it will draw (catalog.assets.claim): runs of one campaign at once never
+draw the same variant twice at the same model, and what an unfinished earlier run left
+undecided is adopted here and taken through QA, review and publishing. So the plan's
+message counts what this run will really draw.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import json
 import logging
 import statistics
 from collections import Counter
+from dataclasses import dataclass, field
 
-from darkroom import confine, prompts
+from darkroom import confine, ids, prompts
 from darkroom.catalog import assets, runs
 from darkroom.config import PROJECT_ROOT
-from darkroom.errors import PolicyError, ValidationFailed
+from darkroom.errors import ModelFilesMissing, PolicyError, ValidationFailed
 from darkroom.generation import routing
-from darkroom.products import frame_to_rows
+from darkroom.products import iter_rows
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri, sha256_bytes
 
@@ -30,39 +35,90 @@ BENCH_FILE = PROJECT_ROOT / "docs" / "bench" / "generate.json"
 
 def run(ctx: RunContext) -> list[int]:
     """Plan the run; return the batch numbers to map over (none for a dry run)."""
-    # 1. Render products x asset types x locales x vary combinations x seeds.
-    rows = frame_to_rows(ctx.products_frame())
-    variants = prompts.render_variants(ctx.loaded, rows, seed_offset=ctx.conf.seed_offset,
-                                       inputs=input_images(ctx, rows))
-    variants = select_variants(ctx, variants)
+    # 1. Render products x asset types x locales x vary combinations x seeds: only what the
+    #    Params select (``variants``, then ``limit``), rows read and rendered as they are
+    #    reached, so a run limited to 2 variants of a million products touches 2 rows.
+    frame = ctx.products_frame()
+    variants = prompts.render_variants(
+        ctx.loaded, iter_rows(frame), seed_offset=ctx.conf.seed_offset,
+        inputs=lambda row: input_images(ctx, row), limit=ctx.conf.limit,
+        wanted=set(ctx.conf.variants) if ctx.conf.variants else None)
     # 2. Policy: a restricted term rejects that variant only, naming the term and its field.
     allowed, rejected, terms = apply_policy(ctx, variants)
     # 3. Batches: never more mapped tasks than the spec's ceiling.
     g = ctx.spec.generation
     batches = prompts.chunk(allowed, g.variants_per_task, g.max_mapped_tasks)
     # 4. Routing: each variant's backend, from its facts (product columns when rules ask).
-    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, rows))
+    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, frame, allowed))
     # 5. Store new variants and the run's plan, in bulk.
     new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected, routes)
-    done = runs.already_generated(ctx.catalog, [v.id for v in allowed])
-    to_generate = len(allowed) - len(done)
-    # 6. The plan as text (estimated GPU time and cost) and the run's summary.
-    size = len(batches[0]) if batches else 0
-    text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), new=to_generate, size=size)
     new_allowed = sum(1 for v in allowed if v.id in new)
+    # 6. Claim what this run draws (a dry run only looks): its own, what unfinished runs left.
+    share = claim(ctx, [v.id for v in allowed], reserve=not ctx.conf.dry_run)
+    # 7. The plan as text (estimated GPU time and cost) and the run's summary.
+    size = len(batches[0]) if batches else 0
+    text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), new=share.to_generate,
+                     size=size, detail=share.describe())
     runs.update_summary(ctx.catalog, ctx.run_pk, planned=len(allowed), policy_rejected=len(rejected),
-                        policy_terms=dict(terms), new_variants=new_allowed, to_generate=to_generate,
-                        batches=len(batches), plan=text)
-    log.info("Planned %d variants (%d new, %d to generate, %d rejected by policy) in %d batches of up to %d",
-             len(allowed), new_allowed, to_generate, len(rejected), len(batches), size)
+                        policy_terms=dict(terms), new_variants=new_allowed, batches=len(batches),
+                        plan=text, **share.summary())
+    log.info("Planned %d variants (%d new; %s; %d rejected by policy) in %d batches of up to %d",
+             len(allowed), new_allowed, share.describe(), len(rejected), len(batches), size)
     if ctx.conf.dry_run:
         log.info("Dry run: stopping after the plan.\n%s", text)
         return []
     return list(range(len(batches)))
 
 
-def input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
-    """Each product's reference (and mask) image for image2image, inpaint and IP-Adapter:
+@dataclass
+class Share:
+    """What this run draws of the variants it planned, and what others have (see claim)."""
+
+    to_generate: int = 0
+    made: int = 0  # already drawn by this run (a retried plan)
+    adopted: int = 0  # of the above two, taken over from runs that ended without deciding them
+    held: dict[str, int] = field(default_factory=dict)  # run id -> variants it still works on
+    reused: int = 0  # settled by earlier runs: not drawn, checked or published again
+    unresolved: bool = False  # the model is not visible here: generate claims on the GPU worker
+
+    def summary(self) -> dict:
+        return {"to_generate": self.to_generate, "already_made": self.made, "adopted": self.adopted,
+                "held_by_other_runs": dict(self.held), "reused": self.reused}
+
+    def describe(self) -> str:
+        if self.unresolved:
+            return f"up to {self.to_generate} to generate (the GPU worker resolves the model)"
+        parts = [f"{self.to_generate} to generate"]
+        if self.made:
+            parts.append(f"{self.made} already made by this run")
+        if self.adopted:
+            parts.append(f"{self.adopted} adopted from runs that ended before review")
+        if self.reused:
+            parts.append(f"{self.reused} reused from earlier runs")
+        for run_id, n in self.held.items():
+            parts.append(f"{n} drawn by run {run_id}, still running")
+        return ", ".join(parts)
+
+
+def claim(ctx: RunContext, variant_ids: list[str], *, reserve: bool = True) -> Share:
+    """Claim the assets of ``variant_ids`` at this run's model (catalog.assets.claim): what
+    is left to draw, what this run made before, adopted, reused, or another run still has."""
+    try:
+        ref, _ = ctx.model()
+    except ModelFilesMissing:  # a CPU worker without the model's folder: generate claims
+        return Share(to_generate=len(variant_ids), unresolved=True)
+    wanted = {ids.asset_id(v, ref.identity): v for v in variant_ids}
+    got = assets.claim(ctx.catalog, ctx.run_pk, wanted, ctx.alive, reserve=reserve)
+    made = assets.generated_ids(ctx.catalog, got.mine)
+    held: Counter = Counter()
+    for owner in got.held.values():
+        held[runs.get(ctx.catalog, owner).run_id] += 1
+    return Share(to_generate=len(got.mine - made), made=len(made - got.adopted),
+                 adopted=len(got.adopted), held=dict(held), reused=len(got.reused))
+
+
+def input_images(ctx: RunContext, row: dict) -> dict:
+    """One product's reference (and mask) image for image2image, inpaint and IP-Adapter:
     where it is and its checksum. Empty when the campaign is text-to-image only."""
     g, p = ctx.spec.generation, ctx.spec.products
     if g.mode == "text2image" and not g.ip_adapter:
@@ -70,59 +126,46 @@ def input_images(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
     columns = [("reference", p.reference_image_column)]
     if g.mode == "inpaint":
         columns.append(("mask", p.mask_image_column))
-    out: dict[str, dict] = {}
-    for row in rows:
-        pid = str(row[p.id_column])
-        entry = {}
-        for key, column in columns:
-            value = row.get(column)
-            if value is None or str(value).strip() == "":
-                raise ValidationFailed(
-                    f"{ctx.loaded.path}: product {pid} has no {key} image (column {column!r} is "
-                    f"empty) but generation.mode is {g.mode}"
-                    + (" with ip_adapter" if g.ip_adapter else "")
-                    + "; fix: fill the column for every product, or remove the product")
-            value = str(value).strip()
-            try:
-                uri = ctx.loaded.image_uri(value, ctx.settings)
-            except confine.OutsideRoots as exc:
-                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
-                                       f"{value!r}: {exc}") from None
-            try:
-                data = read_uri(uri, s3_client=ctx.s3)
-            except Exception as exc:
-                raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
-                                       f"{value!r}: cannot read {uri}: {exc}; fix: point it at an "
-                                       "existing file or s3:// object") from exc
-            entry[key] = {"uri": uri, "sha256": sha256_bytes(data)}
-        out[pid] = entry
-    return out
+    pid = str(row[p.id_column])
+    entry = {}
+    for key, column in columns:
+        value = row.get(column)
+        if value is None or str(value).strip() == "":
+            raise ValidationFailed(
+                f"{ctx.loaded.path}: product {pid} has no {key} image (column {column!r} is "
+                f"empty) but generation.mode is {g.mode}"
+                + (" with ip_adapter" if g.ip_adapter else "")
+                + "; fix: fill the column for every product, or remove the product")
+        value = str(value).strip()
+        try:
+            uri = ctx.loaded.image_uri(value, ctx.settings)
+        except confine.OutsideRoots as exc:
+            raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                   f"{value!r}: {exc}") from None
+        try:
+            data = read_uri(uri, s3_client=ctx.s3)
+        except Exception as exc:
+            raise ValidationFailed(f"{ctx.loaded.path}: product {pid}, column {column!r} = "
+                                   f"{value!r}: cannot read {uri}: {exc}; fix: point it at an "
+                                   "existing file or s3:// object") from exc
+        entry[key] = {"uri": uri, "sha256": sha256_bytes(data)}
+    return entry
 
 
-def routing_rows(ctx: RunContext, rows: list[dict]) -> dict[str, dict] | None:
-    """Product id -> row with the spec's column map applied (rules may use the mapped names);
-    None when no routing rule tests a product column."""
+def routing_rows(ctx: RunContext, frame, variants: list) -> dict[str, dict] | None:
+    """Product id -> row with the spec's column map applied (rules may use the mapped names),
+    for the products of ``variants`` only; None when no routing rule tests a product column."""
     if not routing.needs_products(ctx.spec):
         return None
     p = ctx.spec.products
+    wanted = {v.product_id for v in variants}
     out = {}
-    for row in rows:
+    for row in iter_rows(frame[frame[p.id_column].astype(str).isin(wanted)]):
         product = dict(row)
         for name, column in p.columns.items():
             product[name] = row.get(column)
         out[str(row[p.id_column])] = product
     return out
-
-
-def select_variants(ctx: RunContext, variants: list) -> list:
-    """The Params' selection: only the listed variant ids (``darkroom regenerate --where``),
-    then at most ``limit`` of them."""
-    if ctx.conf.variants:
-        wanted = set(ctx.conf.variants)
-        variants = [v for v in variants if v.id in wanted]
-    if ctx.conf.limit:
-        variants = variants[: ctx.conf.limit]
-    return variants
 
 
 def apply_policy(ctx: RunContext, variants: list) -> tuple[list, list, Counter]:
@@ -164,13 +207,15 @@ def seconds_per_image(ctx: RunContext) -> tuple[float | None, str]:
 
 
 def plan_text(ctx: RunContext, n: int, batches: int, *, rejected: int = 0, new: int | None = None,
-              size: int = 0) -> str:
-    """The dry-run plan: variants, batches, derivatives, estimated GPU time and cost."""
+              size: int = 0, detail: str | None = None) -> str:
+    """The dry-run plan: variants, batches, derivatives, estimated GPU time and cost.
+    ``detail``: what of the ``n`` this run draws and who has the rest (Share.describe)."""
     g = ctx.spec.generation
     new = n if new is None else new
+    detail = detail or f"{new} to generate, {n - new} already generated"
     per_variant = {at.name: len(at.channels) for at in ctx.spec.asset_types}
     lines = [
-        f"Plan for {ctx.spec.id}: {n} variants ({new} to generate, {n - new} already generated; "
+        f"Plan for {ctx.spec.id}: {n} variants ({detail}; "
         f"{rejected} rejected by policy), {batches} mapped task(s) per stage of up to {size} "
         f"variants (ceiling {g.max_mapped_tasks}); {g.width}x{g.height}, {g.steps} steps; "
         f"channels: {', '.join(ctx.spec.channels)} (up to {n * max(per_variant.values())} derivatives)",

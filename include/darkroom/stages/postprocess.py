@@ -64,7 +64,10 @@ def jobs(ctx: RunContext, todo: list[Asset], channels: dict, model_upscaled: boo
 
 def store(ctx: RunContext, asset: Asset, d: recipes.Rendered) -> None:
     """One derivative into storage (``{campaign}/{run}/derivatives/{channel}/{variant}.{ext}``)
-    and its row into the catalog."""
+    and its row into the catalog; the product mask it was cut with beside them
+    (``{campaign}/{run}/masks/{variant}.png``, one per original: every channel's is the same)."""
+    if d.mask is not None:
+        ctx.storage.put(ctx.key("masks", f"{asset.variant_id}.png"), d.mask, "image/png")
     stored = ctx.storage.put(ctx.key("derivatives", d.channel, f"{asset.variant_id}.{d.extension}"),
                              d.data, f"image/{d.format}")
     assets.record_derivative(ctx.catalog, asset.id, d.channel, stored, width=d.width, height=d.height,

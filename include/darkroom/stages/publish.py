@@ -186,8 +186,16 @@ def write_manifest(ctx: RunContext, targets: list[Storage], rows: list[dict]) ->
     writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     name = f"{ctx.spec.id}/manifests/{ctx.run_key}"
     for store in targets:
-        store.put(f"{name}.json", body.encode(), "application/json")
-        store.put(f"{name}.csv", buf.getvalue().encode(), "text/csv")
+        try:
+            store.put(f"{name}.json", body.encode(), "application/json")
+            store.put(f"{name}.csv", buf.getvalue().encode(), "text/csv")
+        except Exception as exc:  # the files are there (an S3 or OS error): only the manifest is missing
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StorageError(
+                f"{ctx.loaded.path}: publish wrote every file but could not write the manifest "
+                f"{store.uri_for(name + '.json')}: {type(exc).__name__}: {why}; fix the destination "
+                "(permissions, free space, the path) and run the publish task again: it checks the "
+                "files already there, copies none twice and writes the manifest") from None
     ctx.storage.put(ctx.key("manifest.csv"), buf.getvalue().encode(), "text/csv")
     return ctx.storage.put(ctx.key("manifest.json"), body.encode(), "application/json").uri
 

@@ -14,6 +14,7 @@ from PIL import Image
 from darkroom import imaging, tracking
 from darkroom.catalog import assets, runs
 from darkroom.catalog.tables import Asset, AssetStatus
+from darkroom.errors import RunFailed
 from darkroom.ids import key_part
 from darkroom.prompts import template_version
 from darkroom.stages.context import RunContext
@@ -37,11 +38,38 @@ def run(ctx: RunContext) -> dict:
         ctx.settings, campaign_id=ctx.spec.id, dag_id=ctx.dag_id, run_id=ctx.run_id,
         tags=run_tags(ctx, run_ref, used), params=run_params(ctx, run_ref, run_assets),
         metrics=run_metrics(ctx, run_assets, run_ref.summary, used), artifacts=artifacts(ctx, sheet_uri),
-        samples=samples(ctx, run_assets), table=asset_table(run_assets), products=product_rows(ctx))
+        samples=samples(ctx, run_assets), table=asset_table(run_assets), attempt=run_ref.attempt,
+        products=product_rows(ctx))
     runs.set_mlflow_run(ctx.catalog, ctx.run_pk, mlflow_run_id)
     log.info("Tracked run in MLflow %s (run %s); contact sheet %s",
              ctx.settings.mlflow_tracking_uri, mlflow_run_id, sheet_uri)
+    # 4. A run whose every asset failed has nothing to review or publish: it ends failed here,
+    #    with the reasons, once its contact sheet and MLflow run are kept.
+    check_something_to_review(ctx, run_assets)
     return {"mlflow_run_id": mlflow_run_id, "contact_sheet": sheet_uri}
+
+
+def check_something_to_review(ctx: RunContext, run_assets: list[Asset]) -> None:
+    """RunFailed, with the reasons counted, when the run made assets and every one of them
+    failed (generation, QA or derivatives). A run that made none (everything was generated
+    by an earlier run) is not a failure."""
+    if not run_assets or any(a.status not in (AssetStatus.failed, AssetStatus.qa_failed)
+                             for a in run_assets):
+        return
+    reasons = Counter(
+        a.failure_reason[:300] if a.status == AssetStatus.failed and a.failure_reason
+        else "failed QA: " + ", ".join(q.check for q in a.qa_results if not q.passed)
+        if a.status == AssetStatus.qa_failed else "failed (no reason recorded)"
+        for a in run_assets)
+    lines = "\n".join(f"  - {n} x {reason}" for reason, n in reasons.most_common(10))
+    more = f"\n  - and {len(reasons) - 10} other reasons" if len(reasons) > 10 else ""
+    message = (
+        f"{ctx.loaded.path}: all {len(run_assets)} assets of run {ctx.run_id} failed, so nothing "
+        f"can be reviewed or published:\n{lines}{more}\nfix the causes above: the next run draws "
+        "a failed image again; an image that failed QA needs another prompt, seed_offset or QA "
+        "threshold (the contact sheet and the MLflow run show every asset)")
+    runs.mark_ended(ctx.catalog, ctx.run_pk, "failed", message)
+    raise RunFailed(message)
 
 
 def contact_sheet(ctx: RunContext) -> str:
@@ -60,7 +88,9 @@ def contact_sheet(ctx: RunContext) -> str:
         caption = (f"{v.id[:10]} s{a.seed}" + (f" (retry {v.attempt})" if v.attempt else "")
                    + f"\n{v.product_id} {v.asset_type}\n{', '.join(v.channels)}")
         tiles.append((img, caption, a.status))
-    sheet = imaging.contact_sheet(tiles, title=f"{ctx.spec.id} / {ctx.run_id} / {len(tiles)} images")
+    attempt = runs.get(ctx.catalog, ctx.run_pk).attempt
+    label = ctx.run_id + (f" (attempt {attempt})" if attempt else "")
+    sheet = imaging.contact_sheet(tiles, title=f"{ctx.spec.id} / {label} / {len(tiles)} images")
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     stored = ctx.storage.put(ctx.key("contact_sheet.png"), buf.getvalue(), "image/png")
@@ -104,7 +134,7 @@ def run_params(ctx: RunContext, run_ref: runs.RunRef, run_assets: list[Asset]) -
         "template_versions": json.dumps(sorted({a.variant.template_version for a in run_assets})),
         "seeds_per_variant": g.seeds_per_variant,
         "batch_size": g.batch_size,
-        "conf": json.dumps(ctx.conf.__dict__, default=str)[:6000],
+        "conf": json.dumps(ctx.conf.as_conf(), default=str)[:6000],
     }
 
 

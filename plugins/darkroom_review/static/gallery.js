@@ -43,7 +43,7 @@
 
   function noteFor(card) {
     const own = card.querySelector(".cardnote");
-    return (own && own.value) || noteBox.value || "";
+    return (own && own.value) || (noteBox && noteBox.value) || "";
   }
 
   async function decide(card, decision) {
@@ -60,10 +60,12 @@
 
   function selected() { return cards.filter((c) => c.querySelector(".pick").checked); }
   function updateCount() {
-    document.getElementById("selected-count").textContent = selected().length + " selected";
+    const count = document.getElementById("selected-count");
+    if (count) count.textContent = selected().length + " selected";
   }
 
   async function bulk(decision) {
+    if (!noteBox) { say("Decisions are closed for this run.", true); return; }
     const picked = selected();
     if (!picked.length) { say("Select assets first (x, or the checkboxes).", true); return; }
     const url = `${base}/api/runs/${encodeURIComponent(dag)}/${encodeURIComponent(run)}/${decision}`;
@@ -97,9 +99,10 @@
     card.querySelectorAll("button[data-decision]").forEach((b) =>
       b.addEventListener("click", () => decide(card, b.dataset.decision)));
   });
-  document.getElementById("bulk-approve").addEventListener("click", () => bulk("approve"));
-  document.getElementById("bulk-reject").addEventListener("click", () => bulk("reject"));
-  document.getElementById("select-waiting").addEventListener("click", () => {
+  // Absent when the run's decisions are closed (it published, or was re-processed).
+  document.getElementById("bulk-approve")?.addEventListener("click", () => bulk("approve"));
+  document.getElementById("bulk-reject")?.addEventListener("click", () => bulk("reject"));
+  document.getElementById("select-waiting")?.addEventListener("click", () => {
     cards.forEach((c) => {
       c.querySelector(".pick").checked = ["qa_passed", "needs_review"].includes(c.dataset.status);
     });
@@ -125,7 +128,7 @@
       case "x": if (card) { const p = card.querySelector(".pick"); p.checked = !p.checked; updateCount(); } break;
       case "f": case "Enter": if (card) openFull(card); break;
       case "i": if (card) { const d = card.querySelector("details"); d.open = !d.open; } break;
-      case "n": if (card) { const n = card.querySelector(".cardnote") || noteBox; n.focus(); } break;
+      case "n": if (card) { const n = card.querySelector(".cardnote") || noteBox; if (n) n.focus(); } break;
       case "?": help.hidden = !help.hidden; break;
       default: return;
     }
