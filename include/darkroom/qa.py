@@ -276,7 +276,7 @@ def check_brand_palette(s: Subject, cfg) -> CheckResult:
                      what=f"palette distance to {name}")
 
 
-# -- learned checks (transformers; run only with local weights) ------------------------
+# -- learned checks (torch; run only with local weights) --------------------------------
 
 def _model_path(cfg, name: str) -> Path | str:
     raw = cfg.params.get("model_path")
@@ -322,6 +322,28 @@ def check_clip_score(s: Subject, cfg) -> CheckResult:
     txt_e = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
     score = float((img_e * txt_e).sum()) * 100
     return _measured("clip_score", score, _t(cfg, 22.0), cfg, higher_is_better=True, what="CLIP score")
+
+
+def check_prompt_match(s: Subject, cfg) -> CheckResult:
+    """Does the picture show the product type and colour its prompt names? The probability the
+    offline classifier (darkroom.prompt_match) gives the asked labels together; a prompt that
+    names no type or colour it knows passes with nothing measured."""
+    path = _model_path(cfg, "prompt_match")
+    if isinstance(path, str):
+        return CheckResult("prompt_match", None, cfg.threshold, False, path, NOT_RUN)
+    from darkroom.prompt_match import prompt_match
+
+    m = prompt_match(s.prompt, s.img, path)
+    if not m.applicable:
+        return CheckResult("prompt_match", None, cfg.threshold, True,
+                           "the prompt names no product type or colour the classifier knows")
+    result = _measured("prompt_match", m.probability, _t(cfg, 0.2), cfg, higher_is_better=True,
+                       what="P(asked " + " + ".join(f"{h} {m.asked[h]}" for h in m.probabilities) + ")")
+    if result.status == PASS:
+        return result
+    read = ", ".join(f"{h} {label} ({p:.0%})" for h, (label, p) in m.read.items())
+    return CheckResult(result.check, result.value, result.threshold, result.passed,
+                       f"{result.detail}; reads as {read}", result.status)
 
 
 def check_nsfw(s: Subject, cfg) -> CheckResult:
@@ -522,6 +544,7 @@ CHECKS: dict[str, Callable[[Subject, Any], CheckResult]] = {
     "brand_hash": check_brand_hash,
     "brand_palette": check_brand_palette,
     "clip_score": check_clip_score,
+    "prompt_match": check_prompt_match,
     "nsfw": check_nsfw,
     "no_text": check_no_text,
     "cutout": check_cutout,

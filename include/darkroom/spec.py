@@ -32,7 +32,7 @@ DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 
 #: The QA checks a rubric may name (darkroom.qa implements each; a test holds the two equal).
 CHECK_NAMES = ("brand_hash", "brand_palette", "clip_score", "colour_mode", "contrast", "cutout", "dimensions",
-               "duplicate", "exposure", "file_size", "format", "no_text", "not_blank", "nsfw",
+               "duplicate", "exposure", "file_size", "format", "no_text", "not_blank", "nsfw", "prompt_match",
                "provenance", "sharpness")
 
 #: Facts a routing rule's ``when`` may test. Pools are chosen when the DAG is parsed, so pool
@@ -393,7 +393,8 @@ class Generation(_Model):
                             "reference image the result may go (1 = ignore it)")
     model: str = Field(
         "tiny",
-        description="'tiny' (the offline model from `darkroom models build-tiny`), a local "
+        description="'tiny' (the offline random model from `darkroom models build-tiny`), "
+        "'demo' (the committed demo model, include/models/darkroom-demo), a local "
         "path, a Hugging Face hub id, or a model profile in the MLflow Model Registry: "
         "models:/<profile>@champion (or models:/<profile>/<version>)",
     )

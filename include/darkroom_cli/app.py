@@ -403,6 +403,26 @@ def verify(
 
 # -- models, spec -------------------------------------------------------------------------
 
+@models_app.command("train-demo")
+def models_train_demo(
+    steps: Annotated[int | None, typer.Option(
+        help="Generator training steps; the other phases scale with it (default: the full recipe)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default: the demo model's, "
+                   "include/models/darkroom-demo or $DARKROOM_DEMO_MODEL)")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads (0: one per core)")] = 0,
+    resume_from: Annotated[Path | None, typer.Option(
+        help="A run that stopped after its classifier: keep its pipeline and classifier, "
+             "train only the style LoRA, then measure and write the card")] = None,
+) -> None:
+    """Train the demo text-to-image model, its prompt-match classifier and a style LoRA from
+    nothing, on procedural renders (about 30 minutes on 2 CPU cores)."""
+    from darkroom.devtools.demo.recipe import run_cli  # torch and diffusers
+
+    out = out or Settings.from_env().demo_model_dir
+    run_cli(out, steps=steps, seed=seed, threads=threads, console=console, resume_from=resume_from)
+
+
 @models_app.command("build-tiny")
 def models_build_tiny(
     path: Annotated[Path | None, typer.Argument(
@@ -607,7 +627,8 @@ def _write_result(out: Path, result: dict) -> None:
 
 @app.command("bench")
 def bench(
-    stage: Annotated[str, typer.Argument(help="generate | qa | plan | provenance | post")] = "generate",
+    stage: Annotated[str, typer.Argument(
+        help="generate | qa | plan | provenance | post | demo-model")] = "generate",
     images: Annotated[int, typer.Option(help="Images to generate")] = 16,
     batch_size: Annotated[list[int] | None, typer.Option(help="Batch sizes to compare")] = None,
     size: Annotated[int | None, typer.Option(
@@ -628,11 +649,19 @@ def bench(
     1024x1024 image for the default checks plus one JPEG derivative), plan (seconds to
     validate, expand and store N variants) or provenance (CPU ms per 1000x1000 derivative for
     XMP, signing and the watermark; the share of published files `verify` traces after
-    stripping, re-saving and cropping) or post (CPU ms per 1024x1024 image of each
-    post-processing model step: Real-ESRGAN, background removal, the no_text check)."""
+    stripping, re-saving and cropping), post (CPU ms per 1024x1024 image of each
+    post-processing model step: Real-ESRGAN, background removal, the no_text check) or
+    demo-model (how often the demo model's pictures, and the random tiny model's, read back as
+    their prompts asked)."""
 
+    if stage == "demo-model":  # the demo model read back by its classifier, beside the random tiny one
+        from darkroom.devtools.demo.bench import run_cli  # torch and diffusers
+
+        run_cli(out or Path("docs/bench/demo_model.json"), console=console)
+        return
     if stage not in ("generate", "qa", "plan", "provenance", "post"):
-        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan, provenance, post")
+        raise typer.BadParameter(f"unknown stage {stage!r}; benchmarks: generate, qa, plan, provenance, "
+                                 "post, demo-model")
     # Full-size results go to their own file: they must not overwrite the tiny baseline.
     name = {"plan": "planning", "generate": "generate" if arch == "tiny" else f"generate-{arch}"}
     out = out or Path(f"docs/bench/{name.get(stage, stage)}.json")

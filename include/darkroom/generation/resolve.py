@@ -1,8 +1,9 @@
 """From the spec's ``generation.model`` to a concrete, versioned :class:`ModelRef`.
 
-``tiny`` (the offline model), a local ``save_pretrained`` folder (its version is a content
-checksum), a hub id (its version is the revision), or a model profile in the MLflow Model
-Registry (``models:/<profile>@<alias>`` or ``models:/<profile>/<version>``).
+``tiny`` (the offline random model), ``demo`` (the committed demo model), a local
+``save_pretrained`` folder (its version is a content checksum), a hub id (its version is
+the revision), or a model profile in the MLflow Model Registry (``models:/<profile>@<alias>``
+or ``models:/<profile>/<version>``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def resolve_model(model: str, revision: str | None, settings: Settings,
                 f"`darkroom models build-tiny {path}` (make demo does this)"
             )
         return _local_ref(path, "tiny-sd", requested_version)
+    if model == "demo":
+        path = settings.demo_model_dir
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"the demo model is not at {path}; fix: run `darkroom models train-demo --out {path}` "
+                "(about 30 minutes on a CPU), or unset DARKROOM_DEMO_MODEL to use the committed one"
+            )
+        return _local_ref(path, "darkroom-demo", requested_version)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

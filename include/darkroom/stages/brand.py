@@ -38,8 +38,13 @@ def brand_channels(ctx: RunContext) -> dict:
 
 
 def brand_rubric(ctx: RunContext, asset_type: str) -> dict:
-    """An asset type's QA rubric, brand reference folders resolved under the brand roots."""
+    """An asset type's QA rubric, brand reference folders resolved under the brand roots; a
+    ``prompt_match`` check without ``model_path`` reads with the demo model's classifier."""
     rubric = dict(ctx.spec.qa.for_asset_type(asset_type))
+    pm = rubric.get("prompt_match")
+    if pm is not None and not pm.params.get("model_path"):
+        default = ctx.settings.demo_model_dir / "classifier"
+        rubric["prompt_match"] = pm.model_copy(update={"params": {**pm.params, "model_path": str(default)}})
     for name, cfg in rubric.items():
         if cfg.params.get("references"):
             path = confined(ctx, f"qa.checks.{name}.params.references", str(cfg.params["references"]))
