@@ -88,24 +88,3 @@ def test_darkroom_up_unpauses_the_campaign_dags(airflow_home, monkeypatch):
     assert stack["AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL"] == "600"
     assert local_stack_env(keep_paused=True)["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
 
-
-def test_commands_with_only_airflow_home_wait_for_the_sqlite_writer(tmp_path):
-    """docs/regenerate.md runs `airflow backfill create` with only AIRFLOW_HOME set: it reads
-    $AIRFLOW_HOME/airflow.cfg, which Darkroom writes with a 60 s SQLite busy timeout (the
-    5 s default lost to a busy scheduler: "database is locked"). A deployment's own
-    database URL is left alone."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DARKROOM_"))}
-    code = ("import os; from darkroom.config import apply_airflow_env, Settings; "
-            "apply_airflow_env(Settings.from_env())")
-    home = tmp_path / "darkroom"
-    subprocess.run([sys.executable, "-c", code], env={**clean, "DARKROOM_HOME": str(home)}, check=True,
-                   cwd=ROOT, timeout=120)
-    proc = _airflow({**clean, "AIRFLOW_HOME": str(home / "airflow")},
-                    "config", "get-value", "database", "sql_alchemy_conn")
-    assert proc.stdout.strip() == f"sqlite:///{home / 'airflow' / 'airflow.db'}?timeout=60"
-
-    theirs = tmp_path / "deployment"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120,
-                   env={**clean, "DARKROOM_HOME": str(theirs),
-                        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://db.example/airflow"})
-    assert not (theirs / "airflow" / "airflow.cfg").exists()

@@ -165,7 +165,8 @@ def test_dry_run_prints_plan_and_maps_nothing(tmp_path, caplog):
     assert ("20 variants (up to 20 to generate (the GPU worker resolves the model); 0 rejected by "
             "policy), 3 mapped task(s)") in text
     assert "up to 7 variants (ceiling 3)" in text
-    assert "Estimated GPU time" in text
+    # A fresh catalog has no recorded generations: the estimate comes from the benchmark file.
+    assert "Estimated GPU time for the 20 variants" in text and "from docs/bench/generate.json:" in text
 
 
 # --------------------------------------------------------------------------- incremental refresh
