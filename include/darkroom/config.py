@@ -169,9 +169,20 @@ def local_user() -> str:
 def airflow_db_url(airflow_home: Path) -> str:
     """The embedded Airflow's SQLite database. SQLite lets one writer in at a time and
     Python's driver gives up after 5 s: under a busy scheduler, `airflow backfill create`
-    failed with "database is locked". 60 s of waiting outlasts any scheduler transaction
-    (docs/regenerate.md gives a command run by hand the same URL)."""
+    failed with "database is locked". 60 s of waiting outlasts any scheduler transaction."""
     return f"sqlite:///{airflow_home / 'airflow.db'}?timeout=60"
+
+
+def write_airflow_cfg(airflow_home: Path) -> None:
+    """Put the database URL into ``$AIRFLOW_HOME/airflow.cfg`` when Airflow has not written
+    one yet: commands run with only AIRFLOW_HOME set (docs/regenerate.md's backfill) read
+    the file, not our environment, and Airflow's own default file has no busy timeout.
+    Every other option keeps Airflow's default."""
+    cfg = airflow_home / "airflow.cfg"
+    if not cfg.exists():
+        cfg.write_text("# Written by Darkroom (darkroom.config.write_airflow_cfg); Airflow's defaults\n"
+                       "# apply to every option not named here.\n"
+                       f"[database]\nsql_alchemy_conn = {airflow_db_url(airflow_home)}\n")
 
 
 def airflow_env(settings: Settings, campaigns_dir: Path | None = None) -> dict[str, str]:
@@ -205,7 +216,11 @@ def apply_airflow_env(settings: Settings | None = None, campaigns_dir: Path | No
             os.environ[key] = value
         else:
             os.environ.setdefault(key, value)
-    Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    ours = ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    if all(os.environ[k] == env[k] for k in ours):
+        write_airflow_cfg(home)  # only for our own home and database, never a deployment's
     return env
 
 
