@@ -25,7 +25,6 @@ ENVIRONMENT = {
     "campaigns_dir": "DARKROOM_CAMPAIGNS_DIR",
     "mlflow_tracking_uri": "DARKROOM_MLFLOW_TRACKING_URI",
     "tiny_model_dir": "DARKROOM_TINY_MODEL",
-    "demo_model_dir": "DARKROOM_DEMO_MODEL",
     "s3_endpoint_url": "DARKROOM_S3_ENDPOINT_URL",
     "catalog_conn_id": "DARKROOM_CATALOG_CONN_ID",
     "mlflow_conn_id": "DARKROOM_MLFLOW_CONN_ID",
@@ -49,7 +48,7 @@ ENVIRONMENT = {
 #: Other tools' variables Darkroom falls back to when its own are not set.
 FALLBACKS = {"mlflow_tracking_uri": "MLFLOW_TRACKING_URI", "s3_endpoint_url": "AWS_ENDPOINT_URL_S3"}
 CONNECTION_PREFIX = "AIRFLOW_CONN_"
-_PATHS = {"home", "campaigns_dir", "tiny_model_dir", "demo_model_dir"}
+_PATHS = {"home", "campaigns_dir", "tiny_model_dir"}
 _NUMBERS = {"gpu_hourly_cost"}
 _PATH_LISTS = {"input_roots", "publish_roots"}  # os.pathsep-separated
 
@@ -68,8 +67,6 @@ class Settings:
     campaigns_dir: Path
     mlflow_tracking_uri: str
     tiny_model_dir: Path
-    #: The committed demo model (``generation.model: demo``), trained by ``models train-demo``.
-    demo_model_dir: Path = PROJECT_ROOT / "include" / "models" / "darkroom-demo"
     s3_endpoint_url: str | None = None
     # Airflow connections the adapters read (darkroom_operators.hooks).
     catalog_conn_id: str = "darkroom_catalog"
@@ -166,25 +163,6 @@ def local_user() -> str:
         return "local"
 
 
-def airflow_db_url(airflow_home: Path) -> str:
-    """The embedded Airflow's SQLite database. SQLite lets one writer in at a time and
-    Python's driver gives up after 5 s: under a busy scheduler, `airflow backfill create`
-    failed with "database is locked". 60 s of waiting outlasts any scheduler transaction."""
-    return f"sqlite:///{airflow_home / 'airflow.db'}?timeout=60"
-
-
-def write_airflow_cfg(airflow_home: Path) -> None:
-    """Put the database URL into ``$AIRFLOW_HOME/airflow.cfg`` when Airflow has not written
-    one yet: commands run with only AIRFLOW_HOME set (docs/regenerate.md's backfill) read
-    the file, not our environment, and Airflow's own default file has no busy timeout.
-    Every other option keeps Airflow's default."""
-    cfg = airflow_home / "airflow.cfg"
-    if not cfg.exists():
-        cfg.write_text("# Written by Darkroom (darkroom.config.write_airflow_cfg); Airflow's defaults\n"
-                       "# apply to every option not named here.\n"
-                       f"[database]\nsql_alchemy_conn = {airflow_db_url(airflow_home)}\n")
-
-
 def airflow_env(settings: Settings, campaigns_dir: Path | None = None) -> dict[str, str]:
     """Environment for the embedded Airflow (CLI runs, `make up`): defaults only, so a
     deployment's own AIRFLOW__* settings win. ``campaigns_dir``: the folder the DAG file
@@ -196,7 +174,7 @@ def airflow_env(settings: Settings, campaigns_dir: Path | None = None) -> dict[s
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db_url(airflow_home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
         "DARKROOM_HOME": str(settings.home),
@@ -216,11 +194,7 @@ def apply_airflow_env(settings: Settings | None = None, campaigns_dir: Path | No
             os.environ[key] = value
         else:
             os.environ.setdefault(key, value)
-    home = Path(os.environ["AIRFLOW_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    ours = ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-    if all(os.environ[k] == env[k] for k in ours):
-        write_airflow_cfg(home)  # only for our own home and database, never a deployment's
+    Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     return env
 
 
