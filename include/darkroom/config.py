@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "campaigns_dir": "DARKROOM_CAMPAIGNS_DIR",
     "mlflow_tracking_uri": "DARKROOM_MLFLOW_TRACKING_URI",
     "tiny_model_dir": "DARKROOM_TINY_MODEL",
+    "demo_model_dir": "DARKROOM_DEMO_MODEL",
     "s3_endpoint_url": "DARKROOM_S3_ENDPOINT_URL",
     "catalog_conn_id": "DARKROOM_CATALOG_CONN_ID",
     "mlflow_conn_id": "DARKROOM_MLFLOW_CONN_ID",
@@ -48,7 +49,7 @@ ENVIRONMENT = {
 #: Other tools' variables Darkroom falls back to when its own are not set.
 FALLBACKS = {"mlflow_tracking_uri": "MLFLOW_TRACKING_URI", "s3_endpoint_url": "AWS_ENDPOINT_URL_S3"}
 CONNECTION_PREFIX = "AIRFLOW_CONN_"
-_PATHS = {"home", "campaigns_dir", "tiny_model_dir"}
+_PATHS = {"home", "campaigns_dir", "tiny_model_dir", "demo_model_dir"}
 _NUMBERS = {"gpu_hourly_cost"}
 _PATH_LISTS = {"input_roots", "publish_roots"}  # os.pathsep-separated
 
@@ -67,6 +68,8 @@ class Settings:
     campaigns_dir: Path
     mlflow_tracking_uri: str
     tiny_model_dir: Path
+    #: The committed demo model (``generation.model: demo``), trained by ``models train-demo``.
+    demo_model_dir: Path = PROJECT_ROOT / "include" / "models" / "darkroom-demo"
     s3_endpoint_url: str | None = None
     # Airflow connections the adapters read (darkroom_operators.hooks).
     catalog_conn_id: str = "darkroom_catalog"
