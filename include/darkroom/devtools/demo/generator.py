@@ -248,7 +248,9 @@ def save(pipe, path: Path, *, half: bool = True) -> None:
 
     if half:
         pipe = pipe.to(torch.float16)
-    pipe.save_pretrained(str(path), safe_serialization=True)
+    # Shards of at most 4 MB: the weights live in git, where files over 5 MB are refused;
+    # from_pretrained reads the shard index the same way a hub checkpoint's.
+    pipe.save_pretrained(str(path), safe_serialization=True, max_shard_size="4MB")
     if half:
         pipe.to(torch.float32)
 
