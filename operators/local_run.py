@@ -20,7 +20,7 @@ from pathlib import Path
 from darkroom.catalog import reviews, runs
 from darkroom.catalog.db import Catalog
 from darkroom.catalog.tables import REVIEWABLE
-from darkroom.config import PROJECT_ROOT, Settings, apply_airflow_env, local_user
+from darkroom.config import PROJECT_ROOT, Settings, apply_airflow_env, local_user, settle_airflow_config
 from darkroom.spec import load_spec
 from darkroom_operators import stopping
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -62,9 +62,12 @@ def domain_errors(log_file: Path) -> list[str]:
 
 def migrate_airflow_db() -> None:
     """``airflow db migrate`` (idempotent, a few seconds), in a child so this process's
-    Airflow settings are read only once, after the DB exists."""
+    Airflow settings are read only once, after the DB exists. The child writes Airflow's
+    airflow.cfg on a new home; it then gets the database URL Darkroom's processes use, so an
+    ``airflow`` command with only AIRFLOW_HOME set waits for their writes too."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    settle_airflow_config(Path(os.environ["AIRFLOW_HOME"]))
 
 
 def load_dag(dag_id: str):

@@ -166,6 +166,41 @@ def local_user() -> str:
         return "local"
 
 
+#: Seconds a connection to the embedded Airflow's SQLite database waits for another process's
+#: write before "database is locked". Python's default is 5; on a busy 2-core machine the
+#: scheduler's writes outlast it, and `airflow backfill create` beside a running scheduler
+#: failed (issue #15). SQLite has one writer at a time: the others must wait, not fail.
+AIRFLOW_SQLITE_TIMEOUT_S = 60
+
+
+def airflow_sqlite_url(airflow_home: Path) -> str:
+    """The embedded Airflow's database: SQLite in its home, waiting for writers (above)."""
+    return f"sqlite:///{airflow_home / 'airflow.db'}?timeout={AIRFLOW_SQLITE_TIMEOUT_S}"
+
+
+def settle_airflow_config(airflow_home: Path) -> bool:
+    """Give the airflow.cfg that Airflow wrote for itself the database URL of
+    :func:`airflow_env`, so that an ``airflow`` command run with only ``AIRFLOW_HOME`` set
+    (docs/regenerate.md's backfill) waits for the scheduler's writes as Darkroom's processes
+    do. Only Airflow's own default line is changed (a deployment's choice stays), and the
+    file is otherwise Airflow's: its generated secrets must stay, or tasks cannot sign in.
+    True when the file was changed."""
+    cfg = airflow_home / "airflow.cfg"
+    if not cfg.is_file():
+        return False
+    text = cfg.read_text()
+    default = f"sql_alchemy_conn = sqlite:///{airflow_home / 'airflow.db'}\n"
+    at = text.find(default)
+    if at < 0 or (at > 0 and text[at - 1] != "\n"):
+        return False
+    tmp = cfg.with_name(".airflow.cfg.tmp")
+    tmp.write_text(text[:at] + f"sql_alchemy_conn = {airflow_sqlite_url(airflow_home)}\n"
+                   + text[at + len(default):])
+    tmp.chmod(cfg.stat().st_mode)  # Airflow keeps it from group and others: it holds secrets
+    tmp.replace(cfg)
+    return True
+
+
 def airflow_env(settings: Settings, campaigns_dir: Path | None = None) -> dict[str, str]:
     """Environment for the embedded Airflow (CLI runs, `make up`): defaults only, so a
     deployment's own AIRFLOW__* settings win. ``campaigns_dir``: the folder the DAG file
@@ -177,7 +212,7 @@ def airflow_env(settings: Settings, campaigns_dir: Path | None = None) -> dict[s
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_sqlite_url(airflow_home),
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
         "DARKROOM_HOME": str(settings.home),

@@ -580,6 +580,9 @@ def up(
     bin_dir = Path(sys.executable).parent
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"  # standalone needs `airflow`
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    from darkroom_operators.local_run import migrate_airflow_db  # before the processes share the DB
+
+    migrate_airflow_db()
     if not keep_paused:
         unpause_campaigns(bin_dir)
     procs = [

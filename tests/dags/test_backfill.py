@@ -15,6 +15,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,46 @@ def test_darkroom_up_unpauses_the_campaign_dags(airflow_home, monkeypatch):
     assert stack["AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL"] == "600"
     assert local_stack_env(keep_paused=True)["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
 
+
+
+HOLD_S = 20  # a write held for longer than Python's 5 s default wait, as a busy scheduler's
+
+
+def test_airflow_commands_with_only_airflow_home_wait_for_a_held_write(tmp_path, monkeypatch):
+    """docs/regenerate.md runs `airflow backfill create` with only AIRFLOW_HOME set, beside the
+    scheduler of `darkroom up`. SQLite has one writer at a time, and with Python's default
+    5 s wait the command failed with "database is locked" while the scheduler wrote (#15).
+    Darkroom's Airflow home gives every `airflow` command its longer wait: a command that
+    writes while another connection holds the write lock waits for it, then succeeds."""
+    from darkroom.config import AIRFLOW_SQLITE_TIMEOUT_S, Settings, airflow_env, settle_airflow_config
+    from darkroom_operators.local_run import migrate_airflow_db
+
+    for key in [k for k in os.environ if k.startswith("AIRFLOW")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("DARKROOM_HOME", str(tmp_path / "darkroom"))
+    settings = Settings.from_env()
+    for key, value in airflow_env(settings).items():  # what `darkroom up` and `darkroom run` set
+        monkeypatch.setenv(key, value)
+    migrate_airflow_db()  # a new home: Airflow writes its airflow.cfg, Darkroom settles it
+    home = settings.home / "airflow"
+    assert not settle_airflow_config(home)  # once is enough: nothing left to change
+    only_home = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DARKROOM_"))}
+    only_home["AIRFLOW_HOME"] = str(home)
+    url = _airflow(only_home, "config", "get-value", "database", "sql_alchemy_conn").stdout.strip()
+    assert url == f"sqlite:///{home / 'airflow.db'}?timeout={AIRFLOW_SQLITE_TIMEOUT_S}"
+
+    writer = sqlite3.connect(home / "airflow.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, until COMMIT
+    try:
+        proc = subprocess.Popen([AIRFLOW, "variables", "set", "darkroom_probe", "waited"], env=only_home,
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(HOLD_S)
+        still_waiting = proc.poll() is None
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    out = proc.communicate(timeout=300)[0]
+    assert still_waiting, f"the command ended while the write was held:\n{out[-3000:]}"
+    assert proc.returncode == 0, out[-3000:]
+    got = _airflow(only_home, "variables", "get", "darkroom_probe").stdout.strip().splitlines()[-1]
+    assert got == "waited"

@@ -219,8 +219,6 @@ def test_schedule_and_a_rest_trigger_run_while_a_review_waits(up):
 # "database is locked" while the scheduler wrote; a 60 s busy timeout did not help (SQLite
 # answers BUSY at once when two connections both want to write). Non-strict so that CI
 # stays meaningful for the rest; it passed in 2 of the 4 runs of this session.
-@pytest.mark.xfail(strict=False, reason="backfill create vs the scheduler on SQLite: "
-                   "'database is locked' (issue #15, open)")
 def test_the_documented_backfill_with_a_new_model_version(up):
     from darkroom.catalog import runs
     from darkroom.catalog.tables import Asset, Run
