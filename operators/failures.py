@@ -15,19 +15,23 @@ from typing import TypeVar
 
 from airflow.sdk.exceptions import AirflowFailException
 from darkroom.errors import DarkroomError
+from darkroom_operators.stopping import task_ended
 
 F = TypeVar("F", bound=Callable)
 
 
 @contextmanager
 def fail_fast():
-    """Re-raise a Darkroom error no retry can fix as ``AirflowFailException``."""
+    """Re-raise a Darkroom error no retry can fix as ``AirflowFailException``. Around a task
+    body: when it ends, a stop is no longer raised again in it (stopping.task_ended)."""
     try:
         yield
     except DarkroomError as exc:
         if exc.retryable:
             raise
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        task_ended()
 
 
 def no_retry_for_user_errors(fn: F) -> F:

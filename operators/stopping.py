@@ -14,17 +14,27 @@ did not finish, an open catalog transaction rolls back). ``Stopped`` is a ``Syst
 the stages' ``except Exception`` (one bad image must not stop a batch) never swallows it,
 and Airflow retries the task when it has retries left: every stage resumes.
 
+A stop is not lost where Python drops the exception of a signal handler: one that runs while
+a finalizer (``__del__``, a weakref callback) is executing raises there, and Python prints
+"Exception ignored" and goes on. So once SIGTERM came, the task body gets the stop again each
+second until it has ended (:func:`_redeliver`), and no catalog transaction commits in it
+(:func:`_refuse_commit`): what a stopped task writes is rolled back, however it goes on.
+
 :func:`stops_run` is ``darkroom run``'s side: SIGTERM or Ctrl-C there ends the whole run once
 the task they stopped has failed, instead of dag.test going on to the next task.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
 import signal
 import threading
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 log = logging.getLogger("darkroom")
 
@@ -33,6 +43,10 @@ requested = threading.Event()
 _signals: list[int] = []
 #: The read end of stops_run's wake-up pipe, while it runs.
 _wakeup: int | None = None
+#: A Darkroom task body runs in this process (from stop_on_sigterm to task_ended).
+_in_task = threading.Event()
+#: Seconds between re-raisings of a stop the task body has not ended on.
+REDELIVER_S = 1.0
 
 
 def _drain() -> None:
@@ -73,11 +87,38 @@ def _raise_stopped(signum: int, frame) -> None:
 _raise_stopped.darkroom = True  # type: ignore[attr-defined]
 
 
+def _redeliver(signum: int) -> None:
+    """Raise the stop in the main thread again, each REDELIVER_S, while the task body runs:
+    the first one may have landed in a finalizer, where Python drops it."""
+    while _in_task.is_set():
+        threading.Event().wait(REDELIVER_S)
+        if _in_task.is_set():
+            _thread.interrupt_main(signum)  # runs this process's SIGTERM handler, as a signal would
+
+
+@event.listens_for(Session, "before_commit")
+def _refuse_commit(session: Session) -> None:
+    """No catalog transaction commits in a task body after a stop: it rolls back instead.
+    Other databases' sessions (Airflow's own) are left alone: Airflow records the stop. The
+    wake-up pipe is read first: it saw the signal even if no handler of ours ran for it."""
+    if not (session.info.get("darkroom_catalog") and _in_task.is_set()):
+        return
+    _drain()
+    if requested.is_set():
+        raise Stopped(_signals[-1] if _signals else signal.SIGTERM)
+
+
+def task_ended() -> None:
+    """The task body has returned or raised: stops are no longer raised again in it."""
+    _in_task.clear()
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM raises :class:`Stopped` in this task, after Airflow's own handler. In the
     main thread only (the only one Python delivers signals to)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _in_task.set()
     _drain()
     if requested.is_set():  # the signal came while Airflow was starting this task
         raise Stopped(_signals[-1] if _signals else signal.SIGTERM)
@@ -86,12 +127,18 @@ def stop_on_sigterm() -> None:
         return
 
     def handler(signum, frame):
+        if requested.is_set():  # raised again (_redeliver), or a second signal
+            if _in_task.is_set():
+                raise Stopped(signum)
+            return  # the body has ended: Airflow is recording the stop, let it
         _signals.append(signum)
         requested.set()
         log.warning("%s: stopping this task now; what it finished is kept, a retry resumes it",
                     signal.Signals(signum).name)
         if callable(previous):
             previous(signum, frame)  # Airflow's: the operator's on_kill()
+        threading.Thread(target=_redeliver, args=(signum,), daemon=True,
+                         name="darkroom-stop").start()
         raise Stopped(signum)
 
     handler.darkroom = True  # type: ignore[attr-defined]
@@ -125,6 +172,7 @@ def stops_run():
         os.close(read_end)
         requested.clear()
         _signals.clear()
+        _in_task.clear()
 
 
 @contextlib.contextmanager
@@ -148,6 +196,7 @@ def between_tasks():
         try:
             return run_task(**kwargs)
         finally:
+            task_ended()
             for s in (signal.SIGTERM, signal.SIGINT):  # between tasks: stop here
                 signal.signal(s, _raise_stopped)
             stop_check()

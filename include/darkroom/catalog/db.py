@@ -69,7 +69,9 @@ class Catalog:
         if migrate_schema:
             migrate(url)
         self.engine = engine_for(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Tagged, so that a process's hooks can tell the catalog's transactions from others'
+        # (a stopped Airflow task commits none: darkroom_operators.stopping).
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={"darkroom_catalog": True})
 
     @property
     def safe_url(self) -> str:
