@@ -7,12 +7,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from sqlalchemy import select
 from darkroom.catalog import assets, reviews, runs
 from darkroom.catalog.tables import Asset, AssetStatus, QAResult, Review, Variant
 from darkroom.config import Settings
 from darkroom.stages import approve
 from darkroom.stages.context import RunContext
+from sqlalchemy import select
 
 from tests.support.campaigns import CAMPAIGNS
 
