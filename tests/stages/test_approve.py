@@ -143,6 +143,7 @@ def test_exception_review_approves_clean_passes_and_people_decide_doubts_and_the
     assert note == ("approval.review exception for asset type lifestyle: QA passed every check "
                     "outside its review band; audit_rate 0.25")
     assert runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id).waiting == len(sample) + 1
+    assert reviews.show(ctx.catalog, sorted(sample)[0])["audit_sample"] is True  # gallery, API, CLI
     # Publishing needs an approval record for every asset: the policy's rows are those records.
     assets.claim_approved(ctx.catalog, ctx.run_pk)
     assert {a for a, st in _statuses(ctx).items() if st == AssetStatus.published} == auto
