@@ -141,7 +141,7 @@ def test_exception_review_approves_clean_passes_and_people_decide_doubts_and_the
     assert {tuple(decisions[a]) for a in auto} == {(("approved", "policy:exception@1"),)}
     note = reviews.show(ctx.catalog, sorted(auto)[0])["reviews"][0]["note"]
     assert note == ("approval.review exception for asset type lifestyle: QA passed every check "
-                    "outside its review band; audit_rate 0.25")
+                    "by more than its review band; audit_rate 0.25")
     assert runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id).waiting == len(sample) + 1
     assert reviews.show(ctx.catalog, sorted(sample)[0])["audit_sample"] is True  # gallery, API, CLI
     # Publishing needs an approval record for every asset: the policy's rows are those records.

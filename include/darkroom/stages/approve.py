@@ -63,7 +63,7 @@ def route(ctx: RunContext) -> Counter:
             audit.append(asset.asset_id)
         elif asset.status == AssetStatus.qa_passed:
             note = f"{where}: QA passed every check" + (
-                f" outside its review band; audit_rate {r.audit_rate:g}" if mode == "exception" else "")
+                f" by more than its review band; audit_rate {r.audit_rate:g}" if mode == "exception" else "")
             reviews.decide(ctx.catalog, asset.asset_id, "approve", reviews.policy_reviewer(mode), note,
                            by_policy=True)
             counts["approved"] += 1
@@ -73,7 +73,8 @@ def route(ctx: RunContext) -> Counter:
             reviews.decide(ctx.catalog, asset.asset_id, "reject", reviews.policy_reviewer(mode), note,
                            by_policy=True)
             counts["rejected"] += 1
-    # 3. The audit sample waits for people, marked so their rejections count.
+    # 3. The audit sample waits for people, marked so their rejections count; marked last, so
+    #    no approval of the policy is made after a withdrawal of them.
     if audit:
         reviews.mark_audit_sample(ctx.catalog, audit)
     counts["audit"] = len(audit)
