@@ -98,7 +98,8 @@ class ReviewGalleryLink(BaseOperatorLink):
 
 
 class CampaignApprovalSensor(BaseSensorOperator):
-    """Wait until every QA-passed asset of the run has a human decision.
+    """Route the run's assets by the spec's ``approval.review`` (the policies decide what
+    they may), then wait until every asset left for people has a decision.
 
     :param spec_path: path of the campaign spec file (its ``approval`` section sets the
         timeout, the poll interval and what happens on timeout). (templated)
@@ -132,9 +133,9 @@ class CampaignApprovalSensor(BaseSensorOperator):
 
         ctx = self._ctx(context)
         policy = ctx.spec.approval
-        if not policy.required:
-            n = approve.when_not_required(ctx)
-            self.log.info("Approval not required by the spec: recorded %d approvals", n)
+        routed = approve.route(ctx)  # approval.review: what the policies decide, what waits
+        self.log.info("Review routing: %d approved and %d rejected by the policies, %d in the "
+                      "audit sample", routed["approved"], routed["rejected"], routed["audit"])
         state = runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id)
         if state.done:
             return {"approved": state.approved, "rejected": state.rejected}

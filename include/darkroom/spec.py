@@ -525,8 +525,49 @@ class QARubric(_Model):
         return {name: cfg for name, cfg in merged.items() if cfg.enabled}
 
 
+#: How the QA-passed assets of an asset type reach a decision (approval.review):
+#: human: people decide every one; automated: QA decides, nothing waits; exception: the
+#: clean passes are approved by the policy, people decide the rest and an audit sample.
+REVIEW_MODES = ("human", "automated", "exception")
+ReviewMode = Literal["human", "automated", "exception"]
+
+
+class ReviewRouting(_Model):
+    """One asset type's review routing, as the approval stage applies it."""
+
+    review: ReviewMode
+    audit_rate: float
+    audit_max_reject_rate: float
+
+
+class AssetTypeReview(_Model):
+    """approval.asset_types.<name>: what differs from the campaign's approval for one
+    asset type; a field left out is the campaign's."""
+
+    review: ReviewMode | None = None
+    audit_rate: float | None = Field(None, ge=0, le=1)
+    audit_max_reject_rate: float | None = Field(None, ge=0, le=1)
+
+
 class Approval(_Model):
-    required: bool = True
+    required: bool = Field(
+        True, description="false: no person decides (the same as review: automated)")
+    review: ReviewMode | None = Field(
+        None, description="human (people decide every QA-passed asset), automated (QA decides, "
+        "nothing waits: passes are approved, needs_review assets rejected) or exception (assets "
+        "that passed every check outside its review band are approved by the policy; "
+        "needs_review assets and an audit sample wait for people). Default: human, or "
+        "automated when required is false")
+    audit_rate: float = Field(
+        0.05, ge=0, le=1, description="exception: the share of the policy's approvals that "
+        "people check instead (an audit sample, the same on every retry of the run)")
+    audit_max_reject_rate: float = Field(
+        0.1, ge=0, le=1, description="exception: when reviewers reject more than this share "
+        "of the audit sample, the run's other approvals by the policy are withdrawn and "
+        "people decide those assets too")
+    asset_types: dict[str, AssetTypeReview] = Field(
+        default_factory=dict, description="Per asset type: review, audit_rate and "
+        "audit_max_reject_rate overriding the ones above")
     timeout: str = Field("7d", description="How long to wait for decisions, e.g. 30m, 12h, 7d")
     on_timeout: Literal["fail", "reject_undecided"] = "fail"
     poke_interval: str = "30s"
@@ -546,6 +587,30 @@ class Approval(_Model):
     def seconds(value: str) -> int:
         n, unit = DURATION.match(value).groups()  # type: ignore[union-attr]
         return int(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+    @model_validator(mode="after")
+    def _required_agrees(self) -> Approval:
+        if self.required:
+            return self
+        asked = [("review", self.review)] + [(f"asset_types.{name}.review", t.review)
+                                             for name, t in self.asset_types.items()]
+        people = [(where, mode) for where, mode in asked if mode not in (None, "automated")]
+        if people:
+            where, mode = people[0]
+            raise ValueError(f"required: false means no person decides, but {where} is {mode!r}; "
+                             "fix: drop `required: false` (review: automated says the same) and "
+                             "keep the review modes")
+        return self
+
+    def for_asset_type(self, asset_type: str) -> ReviewRouting:
+        """The review routing of one asset type: its own settings over the campaign's."""
+        own = self.asset_types.get(asset_type, AssetTypeReview())
+        default = self.review or ("human" if self.required else "automated")
+        return ReviewRouting(
+            review=own.review or default,
+            audit_rate=self.audit_rate if own.audit_rate is None else own.audit_rate,
+            audit_max_reject_rate=(self.audit_max_reject_rate if own.audit_max_reject_rate is None
+                                   else own.audit_max_reject_rate))
 
 
 def _no_parent_segments(v: str) -> str:
@@ -656,6 +721,10 @@ class CampaignSpec(_Model):
         names = [at.name for at in self.asset_types]
         if len(names) != len(set(names)):
             raise ValueError(f"asset_types: names must be unique, got {names}")
+        unknown = sorted(set(self.approval.asset_types) - set(names))
+        if unknown:
+            raise ValueError(f"approval.asset_types: {unknown[0]!r} is not an asset type of this "
+                             f"campaign; fix: use one of {names}")
         g, p = self.generation, self.products
         needs_reference = [f"generation.mode: {g.mode}"] if g.mode != "text2image" else []
         needs_reference += ["generation.ip_adapter"] if g.ip_adapter else []

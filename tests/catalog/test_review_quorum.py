@@ -57,7 +57,7 @@ def test_withdrawn_rejection_goes_back_to_waiting(asset):
 
 
 def test_policy_decisions_are_final(asset):
-    reviews.decide(asset, "a", "reject", "darkroom:timeout", "no decision within 2d", quorum=1)
+    reviews.decide(asset, "a", "reject", "darkroom:timeout", "no decision within 2d", by_policy=True)
     assert _status(asset) == AssetStatus.rejected
 
 

@@ -157,6 +157,18 @@ def test_sensor_completes_without_deferring_when_all_decided(sensor, waiting_run
     assert sensor.execute(_context(Path(sensor.spec_path))) == {"approved": 3, "rejected": 0}
 
 
+def test_sensor_routes_by_the_spec_before_it_waits(sensor, waiting_run):
+    """approval.review automated: the policy decides every asset, so nothing is deferred."""
+    spec = Path(sensor.spec_path)
+    spec.write_text(spec.read_text().replace("approval:\n", "approval:\n  review: automated\n", 1))
+    with waiting_run.session() as s:
+        for v in s.query(Variant):
+            v.asset_type = "lifestyle"
+    assert sensor.execute(_context(spec)) == {"approved": 3, "rejected": 0}
+    with waiting_run.session() as s:
+        assert {r.reviewer for a in s.query(Asset) for r in a.reviews} == {"policy:automated@1"}
+
+
 def test_timeout_rejects_undecided_when_the_spec_says_so(sensor, waiting_run):
     # summer_social: approval.on_timeout = reject_undecided
     review.decide(waiting_run, "a0", "approve", "ana")

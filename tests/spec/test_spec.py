@@ -62,6 +62,11 @@ BAD = [
     pytest.param(_set("prompts.positive", "photo of {{ product.name "), ["prompts.positive", "syntax error"], id="template-syntax"),
     pytest.param(_set("publish", [{"kind": "ftp", "path": "x"}]), ["publish.0", "ftp", "'folder', 's3'"], id="unknown-destination"),
     pytest.param(lambda d: d.pop("brief"), ["`brief` is missing", "add this field"], id="missing-brief"),
+    pytest.param(_set("approval.review", "peer"), ["approval.review", '"peer"', "'human', 'automated' or 'exception'"], id="unknown-review-mode"),
+    pytest.param(_set("approval.audit_rate", 1.5), ["approval.audit_rate", "= 1.5", "a number from 0 to 1"], id="audit-rate-over-1"),
+    pytest.param(_set("approval.asset_types", {"banner": {"review": "automated"}}), ["approval.asset_types", "'banner'", "['hero_tile']"], id="review-of-unknown-asset-type"),
+    pytest.param(lambda d: d["approval"].update(required=False, asset_types={"hero_tile": {"review": "exception"}}),
+                 ["required: false means no person decides", "asset_types.hero_tile.review is 'exception'", "fix: drop `required: false`"], id="required-false-with-people"),
 ]
 
 
@@ -100,3 +105,19 @@ def test_find_spec_by_id_and_path():
 def test_exported_json_schema_is_current():
     committed = json.loads((ROOT / "schemas" / "campaign.schema.json").read_text())
     assert committed == json_schema(), "run `make schema` and commit schemas/campaign.schema.json"
+
+
+def test_review_routing_per_asset_type_over_the_campaigns(tmp_path):
+    def mutate(data):
+        data["asset_types"].append({"name": "banner", "channels": ["web_tile"]})
+        data["approval"] = {"review": "exception", "audit_rate": 0.1,
+                            "asset_types": {"banner": {"review": "human", "audit_max_reject_rate": 0.5}}}
+    approval = load_spec(_write_variant(tmp_path, mutate)).spec.approval
+    assert approval.for_asset_type("hero_tile").model_dump() == {
+        "review": "exception", "audit_rate": 0.1, "audit_max_reject_rate": 0.1}
+    assert approval.for_asset_type("banner").model_dump() == {
+        "review": "human", "audit_rate": 0.1, "audit_max_reject_rate": 0.5}
+    # Old specs keep their meaning: nothing said is human, required: false is automated.
+    old = load_spec(CAMPAIGNS / "spring_tiles.yaml").spec.approval
+    assert old.for_asset_type("hero_tile").review == "human"
+    assert old.model_copy(update={"required": False}).for_asset_type("hero_tile").review == "automated"

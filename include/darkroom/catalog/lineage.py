@@ -36,6 +36,7 @@ def asset_record(a: Asset, run: Run) -> dict:
         "asset_id": a.id, "version": a.version, "supersedes": a.supersedes_id,
         "campaign": run.campaign_id, "dag_id": run.dag_id, "run_id": run.run_id,
         "status": a.status, "failure_reason": a.failure_reason,
+        "audit_sample": a.audit_sample,  # the exception policy's: people decide it
         "variant_id": v.id, "product_id": v.product_id, "asset_type": v.asset_type,
         "prompt": v.prompt, "negative_prompt": v.negative_prompt,
         "template_version": v.template_version, "seed": a.seed,

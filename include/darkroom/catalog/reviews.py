@@ -4,11 +4,19 @@ The rule for the current state, with the campaign's ``approval.quorum`` of 1 (th
 an asset's decision is its newest review row (highest id); the asset's status mirrors it.
 With a quorum of N > 1, each reviewer's latest row counts: any rejection rejects the asset,
 N distinct approvals approve it, and until then it keeps waiting. Policy decisions (the
-timeout policy, ``approval.required: false``) are final and count as a quorum on their own.
+timeout policy, the review modes ``automated`` and ``exception``) are final and count as a
+quorum on their own. A ``withdrawn`` row (the exception policy taking its approval back) ends
+every decision before it: the asset waits for people again, and only rows after it count.
 
-Deciding locks the asset row (``SELECT ... FOR UPDATE`` on PostgreSQL, the database write
-lock on SQLite), so two reviewers deciding the same asset at once are serialized: both rows
-are kept and the status follows the rule above. A decision on an asset that has moved on
+The exception policy's audit: when a person's rejection makes the rejected share of an
+asset type's audit sample exceed ``audit_max_reject_rate``, the same transaction withdraws
+the run's other approvals of that asset type by the policy (:func:`decide`, whichever way the
+rejection came: gallery, API or CLI).
+
+Deciding locks the run row, then the asset row (``SELECT ... FOR UPDATE`` on PostgreSQL, the
+database write lock on SQLite; publishing takes them in the same order), so two reviewers
+deciding at once are serialized: both rows are kept, the status follows the rule above, and
+the audit counts every rejection. A decision on an asset that has moved on
 (published, failed QA, failed, or superseded by a newer version) is refused with
 :class:`AssetMovedOn`, and so is one that could no longer take effect: on an asset of a run
 whose publish step has started or ended (the run is ``publishing`` or ``published``), or of a
@@ -18,6 +26,8 @@ finished run did not publish is published by a new run of a new version
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
@@ -35,6 +45,7 @@ from darkroom.catalog.tables import (
     QAResult,
     Review,
     Run,
+    Variant,
 )
 from darkroom.errors import ReviewError
 
@@ -42,6 +53,16 @@ DECISIONS = {"approve": AssetStatus.approved, "approved": AssetStatus.approved,
              "reject": AssetStatus.rejected, "rejected": AssetStatus.rejected}
 DECIDABLE = (*REVIEWABLE, AssetStatus.approved, AssetStatus.rejected)
 MAX_NOTE = 4000
+#: A review row that takes a policy's approval back (the exception policy's audit).
+WITHDRAWN = "withdrawn"
+#: The version of the review policies' rules; a change to what they approve bumps it, so
+#: the audit log says which rules decided.
+POLICY_VERSION = 1
+
+
+def policy_reviewer(mode: str) -> str:
+    """The reviewer name a review mode's decisions carry, e.g. ``policy:exception@1``."""
+    return f"policy:{mode}@{POLICY_VERSION}"
 
 
 class BadDecision(ReviewError):
@@ -57,8 +78,11 @@ class AssetMovedOn(ReviewError):
 
 
 def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: str = "", *,
-           quorum: int | None = None) -> Review:
+           by_policy: bool = False) -> Review:
     """Record one decision; return its review row.
+
+    :param by_policy: a policy decides (timeout, review modes): the decision is final (a
+        quorum on its own) and never counts toward the exception policy's audit.
 
     :raises BadDecision: ``decision`` is not approve/reject, no reviewer, or the note is too long.
     :raises AssetNotFound: no such asset.
@@ -73,18 +97,22 @@ def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: 
         raise BadDecision(f"note is {len(note)} characters; keep it under {MAX_NOTE}")
     status = DECISIONS[decision]
     with catalog.session() as s:
+        # The run row first (publishing locks it first too): the audit's count of rejections
+        # then sees every other decision of the run, committed before this one.
+        run_pk = s.scalar(select(Asset.run_pk).where(Asset.id == asset_id))
+        if run_pk is None:
+            raise AssetNotFound(f"no asset {asset_id!r}; `darkroom review list` shows the waiting ones")
+        run = s.scalar(select(Run).where(Run.id == run_pk).with_for_update())
         # Take the write lock before reading, so two reviewers serialize and the second reads
         # the first one's decision: a no-op UPDATE does it on SQLite (no row locks; its write
         # lock is per database), FOR UPDATE on PostgreSQL. Reading first on SQLite could see a
         # stale status, and an unchanged attribute emits no UPDATE: a lost decision.
         s.execute(update(Asset).where(Asset.id == asset_id).values(status=Asset.status))
         asset = s.scalar(select(Asset).where(Asset.id == asset_id).with_for_update())
-        if asset is None:
-            raise AssetNotFound(f"no asset {asset_id!r}; `darkroom review list` shows the waiting ones")
         newer = s.scalar(select(Asset.id).where(Asset.supersedes_id == asset.id))
         if newer:
             raise AssetMovedOn(f"asset {asset_id} was superseded by {newer}; review that one")
-        late = _too_late(s, s.get(Run, asset.run_pk))
+        late = _too_late(s, run)
         if late:
             raise AssetMovedOn(f"asset {asset_id}: {late}")
         if asset.status not in DECIDABLE:
@@ -93,9 +121,44 @@ def decide(catalog: Catalog, asset_id: str, decision: str, reviewer: str, note: 
         row = Review(asset_id=asset.id, decision=status.value, reviewer=reviewer, note=note)
         s.add(row)
         s.flush()
-        asset.status = _status_after(s, asset, _quorum(s, asset) if quorum is None else quorum)
+        asset.status = _status_after(s, asset, 1 if by_policy else _quorum(s, asset))
         s.flush()
+        if not by_policy and asset.audit_sample and asset.status == AssetStatus.rejected:
+            _audit(s, run, asset.variant.asset_type)
         return row
+
+
+def _audit(s, run: Run, asset_type: str) -> int:
+    """Reviewers rejected more than ``audit_max_reject_rate`` of the audit sample of
+    ``asset_type``: withdraw the run's approvals of that type still standing by the exception
+    policy, so people decide them. Returns how many (0 below the rate, and once done: the
+    withdrawn approvals are no longer the assets' decisions)."""
+    routing = ((run.summary or {}).get("review_routing") or {}).get(asset_type)
+    if not routing or routing["review"] != "exception":
+        return 0
+    of_type = (select(Asset).join(Variant, Variant.id == Asset.variant_id)
+               .where(Asset.run_pk == run.id, Variant.asset_type == asset_type))
+    sample = list(s.scalars(of_type.where(Asset.audit_sample.is_(True))))
+    rejected = sum(a.status == AssetStatus.rejected for a in sample)
+    limit = routing["audit_max_reject_rate"]
+    if rejected <= limit * len(sample):
+        return 0
+    policy = policy_reviewer("exception")
+    note = (f"audit: reviewers rejected {rejected} of the {len(sample)} {asset_type} assets in the "
+            f"audit sample, more than audit_max_reject_rate {limit:g}; the policy's approval is "
+            "withdrawn and a person decides")
+    withdrawn = 0
+    for a in list(s.scalars(of_type.where(Asset.status == AssetStatus.approved).order_by(Asset.id)
+                            .with_for_update())):
+        latest = s.scalars(select(Review).where(Review.asset_id == a.id)
+                           .order_by(Review.id.desc())).first()
+        if latest is None or latest.reviewer != policy or latest.decision != AssetStatus.approved:
+            continue  # a person's approval stands
+        s.add(Review(asset_id=a.id, decision=WITHDRAWN, reviewer=policy, note=note))
+        a.status = AssetStatus.qa_passed  # the policy approved only clean passes
+        withdrawn += 1
+    s.flush()
+    return withdrawn
 
 
 def _too_late(s, run: Run) -> str | None:
@@ -128,6 +191,8 @@ def _quorum(s, asset: Asset) -> int:
 
 def _status_after(s, asset: Asset, quorum: int) -> AssetStatus:
     rows = list(s.scalars(select(Review).where(Review.asset_id == asset.id).order_by(Review.id)))
+    withdrawals = [i for i, r in enumerate(rows) if r.decision == WITHDRAWN]
+    rows = rows[withdrawals[-1] + 1:] if withdrawals else rows  # a withdrawal ends what came before
     if quorum <= 1:
         return DECISIONS[rows[-1].decision]
     latest = {r.reviewer: r.decision for r in rows}  # each reviewer's newest decision
@@ -148,6 +213,38 @@ def waiting_ids(catalog: Catalog, run_pk: int) -> list[str]:
     with catalog.session() as s:
         return list(s.scalars(select(Asset.id).where(
             Asset.run_pk == run_pk, Asset.status.in_(list(REVIEWABLE))).order_by(Asset.id)))
+
+
+@dataclass(frozen=True)
+class Undecided:
+    """A waiting asset nobody (person or policy) has decided on yet: what routing needs."""
+
+    asset_id: str
+    asset_type: str
+    status: str  # qa_passed | needs_review
+    doubts: list[str]  # needs_review: the borderline and not-run checks
+
+
+def undecided(catalog: Catalog, run_pk: int) -> list[Undecided]:
+    """The run's waiting assets without a single review row, in id order."""
+    with catalog.session() as s:
+        rows = s.execute(select(Asset.id, Variant.asset_type, Asset.status)
+                         .join(Variant, Variant.id == Asset.variant_id)
+                         .where(Asset.run_pk == run_pk, Asset.status.in_(list(REVIEWABLE)),
+                                ~select(Review.id).where(Review.asset_id == Asset.id).exists())
+                         .order_by(Asset.id)).all()
+        doubts: dict[str, list[str]] = {}
+        for q in s.scalars(select(QAResult).join(Asset, Asset.id == QAResult.asset_id).where(
+                Asset.run_pk == run_pk, Asset.status == AssetStatus.needs_review,
+                QAResult.status.in_(["borderline", "not_run"])).order_by(QAResult.check)):
+            doubts.setdefault(q.asset_id, []).append(f"{q.check} {q.status}: {q.detail}")
+    return [Undecided(r.id, r.asset_type, r.status, doubts.get(r.id, [])) for r in rows]
+
+
+def mark_audit_sample(catalog: Catalog, asset_ids: list[str]) -> None:
+    """Put assets in their run's audit sample (the exception policy's: people decide them)."""
+    with catalog.session() as s:
+        s.execute(update(Asset).where(Asset.id.in_(asset_ids)).values(audit_sample=True))
 
 
 def waiting(catalog: Catalog, campaign: str | None = None, run_id: str | None = None) -> list[Asset]:

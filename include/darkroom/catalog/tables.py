@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -203,6 +204,9 @@ class Asset(Base):
     # derivatives: {uri, sha256, by, to}, or {by, to, error} when it failed for this asset.
     upscaled: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # approval.review exception (0009): the asset passed QA cleanly but was drawn for the
+    # audit sample, so people decide it; their rejections can withdraw the policy's approvals.
+    audit_sample: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     variant: Mapped[Variant] = relationship()
     qa_results: Mapped[list[QAResult]] = relationship(
@@ -303,7 +307,9 @@ class Review(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     asset_id: Mapped[str] = mapped_column(ForeignKey("asset.id"), index=True)
-    decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
+    # approved | rejected | withdrawn (a policy's approval taken back: the decisions before
+    # it no longer count, and people decide; darkroom.catalog.reviews)
+    decision: Mapped[str] = mapped_column(String(16))
     reviewer: Mapped[str] = mapped_column(String(250), index=True)
     note: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
