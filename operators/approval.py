@@ -7,6 +7,11 @@ deferral's own timeout (``defer(timeout=...)``): when it passes, Airflow's sched
 task back, and the sensor applies ``approval.on_timeout`` (reject the undecided and publish
 what was approved, or fail).
 
+When assets start to wait, the spec's ``approval.notify`` (if set) emails the reviewers, with
+Airflow's SMTP notifier through an Airflow connection, how many assets wait and the gallery's
+link. Airflow's Required Actions page (HITL) does not list the wait: see
+:class:`CampaignApprovalSensor`.
+
 The trigger carries ids, not secrets, as Airflow's S3 triggers do: the catalog's connection
 id, the DAG run's ids, the poll interval. The triggerer builds the catalog's URL (with its
 password) from the connection itself; nothing secret lands in Airflow's trigger table.
@@ -17,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, TaskDeferralTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from darkroom.spec import Approval
+from darkroom.spec import Approval, ApprovalNotify
 from darkroom_operators.hooks import CATALOG_CONN_ID, DarkroomHook
 
 #: The trigger's "still waiting" line, when nothing changed: at most once per this many seconds.
@@ -88,18 +93,67 @@ class CampaignApprovalTrigger(BaseTrigger):
             yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
 
 
+def gallery_path(dag_id: str, run_id: str) -> str:
+    """The review gallery of one run, under the API server's root."""
+    return f"/darkroom/review/{quote(dag_id)}/{quote(run_id, safe='')}"
+
+
 class ReviewGalleryLink(BaseOperatorLink):
     """Extra link from the approval task to its run's review gallery."""
 
     name = "Review gallery"
 
     def get_link(self, operator, *, ti_key) -> str:
-        return f"/darkroom/review/{quote(ti_key.dag_id)}/{quote(ti_key.run_id, safe='')}"
+        return gallery_path(ti_key.dag_id, ti_key.run_id)
+
+
+#: The email's text. The values come in as the context's ``review`` (Jinja renders the
+#: template, never the values themselves: a run id cannot inject a template).
+NOTIFY_SUBJECT = "Darkroom: {{ review.waiting }} assets of {{ review.campaign }} wait for review"
+NOTIFY_HTML = (
+    "<p>{{ review.waiting }} assets of campaign <b>{{ review.campaign }}</b> (run "
+    "{{ review.run_id | e }}) wait for a decision.</p>"
+    '<p><a href="{{ review.link | e }}">Open the review gallery</a>: {{ review.link | e }}</p>'
+    "<p>The run publishes what is approved once every asset has a decision, or at "
+    "{{ review.deadline }} ({{ review.on_timeout }}).</p>")
+
+
+def gallery_url(dag_id: str, run_id: str) -> str:
+    """The gallery's absolute URL for an email: Airflow's ``[api] base_url``, else the
+    API server's default address (set ``base_url`` where reviewers reach Airflow elsewhere)."""
+    from airflow.sdk.configuration import conf
+
+    base = conf.get("api", "base_url", fallback=None) or "http://localhost:8080"
+    return base.rstrip("/") + gallery_path(dag_id, run_id)
+
+
+def tell_reviewers(notify: ApprovalNotify, context: Context, review: dict[str, Any]) -> None:
+    """Email ``notify.to`` through Airflow's SMTP notifier (the standard notifier interface).
+
+    A failure to send is logged, not raised: the wait goes on (a retry of the task would only
+    wait again), and the task's "Review gallery" link still leads to the gallery."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    notifier = SmtpNotifier(to=notify.to, from_email=notify.from_email, smtp_conn_id=notify.conn_id,
+                            subject=NOTIFY_SUBJECT, html_content=NOTIFY_HTML)
+    try:
+        notifier({**context, "review": review})
+    except Exception as exc:  # the notifier logged it too; say what it means for the run
+        notifier.log.warning("Reviewers were not emailed (connection %s): %s: %s; the run waits "
+                             "anyway", notify.conn_id, type(exc).__name__, exc)
 
 
 class CampaignApprovalSensor(BaseSensorOperator):
     """Route the run's assets by the spec's ``approval.review`` (the policies decide what
-    they may), then wait until every asset left for people has a decision.
+    they may), then wait until every asset left for people has a decision. When assets start
+    to wait, ``approval.notify`` (if set) emails the reviewers the count and the gallery's link.
+
+    Why the wait is not an entry of Airflow's Required Actions page (HITL): an entry there is
+    one question to one person, answered once with one of fixed options, and Airflow 3.3 resumes
+    the waiting task with that answer (a deferred one too). This wait ends when every asset has
+    its own decision (thousands, with a quorum and an audit), which one answer cannot express; an
+    entry would either wake the sensor with a choice that decides nothing, or, once answered,
+    leave the page while assets still wait. The gallery is the task's "Review gallery" link.
 
     :param spec_path: path of the campaign spec file (its ``approval`` section sets the
         timeout, the poll interval and what happens on timeout). (templated)
@@ -141,13 +195,22 @@ class CampaignApprovalSensor(BaseSensorOperator):
             return {"approved": state.approved, "rejected": state.rejected}
         self.log.info("%d assets wait for review; deferring (no worker slot is held) for at most %s",
                       state.waiting, policy.timeout)
+        wait = timedelta(seconds=Approval.seconds(policy.timeout))
+        if policy.notify:
+            deadline = datetime.now(UTC) + wait
+            tell_reviewers(policy.notify, context, {
+                "waiting": state.waiting, "campaign": ctx.spec.id, "run_id": ctx.run_id,
+                "link": gallery_url(ctx.dag_id, ctx.run_id),
+                "deadline": f"{deadline:%Y-%m-%d %H:%M} UTC",
+                "on_timeout": ("the undecided are rejected" if policy.on_timeout == "reject_undecided"
+                               else "the run fails")})
         self.defer(
             trigger=CampaignApprovalTrigger(
                 catalog_conn_id=self.catalog_conn_id, dag_id=ctx.dag_id, run_id=ctx.run_id,
                 poke_interval=float(Approval.seconds(policy.poke_interval)),
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=Approval.seconds(policy.timeout)),
+            timeout=wait,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:

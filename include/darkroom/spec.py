@@ -29,6 +29,8 @@ DAG_PREFIX = "campaign__"
 ID_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+#: Enough to catch a typo (a missing @ or domain); the SMTP server has the last word.
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 #: The QA checks a rubric may name (darkroom.qa implements each; a test holds the two equal).
 CHECK_NAMES = ("brand_hash", "brand_palette", "clip_score", "colour_mode", "contrast", "cutout", "dimensions",
@@ -549,6 +551,26 @@ class AssetTypeReview(_Model):
     audit_max_reject_rate: float | None = Field(None, ge=0, le=1)
 
 
+class ApprovalNotify(_Model):
+    """Who hears that a run waits for review: one email through an Airflow SMTP connection."""
+
+    to: list[str] = Field(
+        min_length=1, description="Addresses the email goes to, e.g. [reviewers@example.com]")
+    conn_id: str = Field(
+        "smtp_default", min_length=1, description="Airflow SMTP connection the email goes "
+        "through (host, port, login; its `from_email` extra, else `from_email` here)")
+    from_email: str | None = Field(
+        None, description="Sender address, when the connection does not set one")
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if not EMAIL.match(a)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an email address; write it as name@example.com")
+        return v
+
+
 class Approval(_Model):
     required: bool = Field(
         True, description="false: no person decides (the same as review: automated)")
@@ -571,6 +593,9 @@ class Approval(_Model):
     timeout: str = Field("7d", description="How long to wait for decisions, e.g. 30m, 12h, 7d")
     on_timeout: Literal["fail", "reject_undecided"] = "fail"
     poke_interval: str = "30s"
+    notify: ApprovalNotify | None = Field(
+        None, description="Email reviewers when the run starts waiting: how many assets wait "
+        "and the gallery's link, e.g. {to: [reviewers@example.com], conn_id: smtp_default}")
     quorum: int = Field(
         1, ge=1, le=10,
         description="Distinct reviewers whose approval an asset needs. With 1 the newest decision "

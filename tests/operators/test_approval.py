@@ -271,3 +271,97 @@ def test_extra_link_points_at_the_gallery():
     key = SimpleNamespace(dag_id=DAG_ID, run_id="manual__2026-11-20T10:00:00+00:00")
     link = ReviewGalleryLink().get_link(None, ti_key=key)
     assert link == "/darkroom/review/campaign__summer_social/manual__2026-11-20T10%3A00%3A00%2B00%3A00"
+
+
+# --------------------------------------------------------------------------- approval.notify
+
+
+class Inbox:
+    """aiosmtpd's handler: keeps every message a real SMTP session delivered."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        import email
+
+        self.messages.append((envelope.rcpt_tos, email.message_from_bytes(envelope.content)))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server(monkeypatch):
+    """An SMTP server on loopback and the Airflow connection ``smtp_darkroom`` pointing at it."""
+    from aiosmtpd.controller import Controller
+
+    from tests.support.servers import HOST, free_port
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname=HOST, port=free_port())
+    controller.start()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DARKROOM", json.dumps({
+        "conn_type": "smtp", "host": HOST, "port": controller.port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "retry_limit": 0, "timeout": 5}}))
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/")
+    yield inbox
+    controller.stop()
+
+
+def _notify(spec: Path, to: str = "reviewers@example.com") -> None:
+    spec.write_text(spec.read_text().replace("approval:\n", (
+        "approval:\n  notify:\n    conn_id: smtp_darkroom\n    from_email: darkroom@example.com\n"
+        f"    to: [{to}]\n"), 1))
+
+
+def test_tells_reviewers_how_many_wait_and_where(sensor, waiting_run, smtp_server):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    spec = Path(sensor.spec_path)
+    _notify(spec)
+    review.decide(waiting_run, "a0", "approve", "ana")
+    with pytest.raises(TaskDeferred):
+        sensor.execute(_context(spec))
+    assert len(smtp_server.messages) == 1
+    rcpt, msg = smtp_server.messages[0]
+    assert rcpt == ["reviewers@example.com"] and msg["From"] == "darkroom@example.com"
+    assert msg["Subject"] == "Darkroom: 2 assets of summer_social wait for review"
+    html = next(p for p in msg.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    link = f"https://airflow.example.com/darkroom/review/{DAG_ID}/{RUN_ID}"
+    assert f'<a href="{link}">' in html and "2 assets of campaign <b>summer_social</b>" in html
+    assert "the undecided are rejected" in html  # summer_social: on_timeout reject_undecided
+
+
+def test_no_email_when_nothing_waits(sensor, waiting_run, smtp_server):
+    spec = Path(sensor.spec_path)
+    _notify(spec)
+    for a in ("a0", "a1", "a2"):
+        review.decide(waiting_run, a, "approve", "ana")
+    assert sensor.execute(_context(spec)) == {"approved": 3, "rejected": 0}
+    assert smtp_server.messages == []
+
+
+def test_a_mail_server_that_is_down_does_not_stop_the_wait(sensor, smtp_server, monkeypatch):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from tests.support.servers import HOST, free_port
+
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DARKROOM", json.dumps({
+        "conn_type": "smtp", "host": HOST, "port": free_port(),  # nothing listens there
+        "extra": {"disable_tls": True, "disable_ssl": True, "retry_limit": 0, "timeout": 5}}))
+    spec = Path(sensor.spec_path)
+    _notify(spec)
+    with pytest.raises(TaskDeferred):
+        sensor.execute(_context(spec))
+    assert smtp_server.messages == []
+
+
+def test_a_bad_address_is_refused_with_its_field(tmp_path):
+    from darkroom.errors import SpecError
+    from darkroom.spec import load_spec
+
+    for f in ("summer_social.yaml", "summer_social.products.csv"):
+        shutil.copy(CAMPAIGNS / f, tmp_path / f)
+    spec = tmp_path / "summer_social.yaml"
+    _notify(spec, to="reviewers.example.com")
+    with pytest.raises(SpecError, match=r"approval\.notify\.to.*'reviewers.example.com' is not an email"):
+        load_spec(spec)
