@@ -145,6 +145,24 @@ def test_migrate_creates_every_table_at_head(catalog_url):
     assert current_revision(catalog_url) == head_revision(catalog_url)
 
 
+def test_many_threads_opening_a_new_catalog_at_once(catalog_url):
+    """The gallery's first requests arrive together, each opening the catalog: Alembic's
+    context is one per process, and upgrades run side by side broke each other."""
+    import concurrent.futures
+    import threading
+
+    go = threading.Barrier(8)
+
+    def open_catalog() -> None:
+        go.wait()
+        Catalog(catalog_url)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for f in [pool.submit(open_catalog) for _ in range(8)]:
+            f.result()
+    assert current_revision(catalog_url) == head_revision(catalog_url)
+
+
 def test_migrate_is_idempotent_and_keeps_data(catalog_url):
     catalog = Catalog(catalog_url)
     make_chain(catalog)

@@ -134,7 +134,10 @@ def _get_token(url: str, user: str, password: str) -> str:
 
 
 @contextlib.contextmanager
-def api_server(workdir: Path, darkroom_env: dict[str, str]) -> Iterator[ApiServer]:
+def api_server(workdir: Path, darkroom_env: dict[str, str], *,
+               reviewers: tuple[str, ...] = ()) -> Iterator[ApiServer]:
+    """``airflow api-server`` with the plugin; users admin, viewer and ``reviewers`` (role
+    user: they may decide), each with a bearer token."""
     airflow_home = workdir / "airflow"
     dags = workdir / "dags"  # empty: the API server needs no DAG files to serve the plugin
     dags.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,8 @@ def api_server(workdir: Path, darkroom_env: dict[str, str]) -> Iterator[ApiServe
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+            ["admin:admin", "viewer:viewer", *(f"{name}:user" for name in reviewers)]),
         "AIRFLOW__API__HOST": HOST,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",

@@ -16,6 +16,9 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
 _lock = threading.Lock()
+# Alembic's migration context is one per process: two threads upgrading at once (the gallery's
+# first requests, all arriving together) broke each other's ("No context has been configured").
+_migrate_lock = threading.Lock()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -53,12 +56,15 @@ def migrate(url: str) -> None:
     """Bring the catalog at ``url`` to the newest schema (idempotent, cached per process)."""
     if url in _migrated:
         return
-    engine = engine_for(url)
-    cfg = alembic_config(url)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "heads")
-    _migrated.add(url)
+    with _migrate_lock:
+        if url in _migrated:  # another thread did it while this one waited
+            return
+        engine = engine_for(url)
+        cfg = alembic_config(url)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "heads")
+        _migrated.add(url)
 
 
 class Catalog:
