@@ -10,13 +10,14 @@ TINY := $(DARKROOM_HOME)/models/tiny-sd/model_index.json
 # CAMPAIGN=spring_tiles runs the same catalogue on the random tiny model (noise).
 CAMPAIGN ?= demo_tiles
 
-.PHONY: demo demo-model test test-fast test-integration stack-up stack-down up bench bench-scale lint schema clean help
+.PHONY: demo demo-model test test-fast test-integration stack-up stack-down up bench bench-scale bench-review lint schema clean help
 help:
 	@echo "make demo   - set up, run $(CAMPAIGN) end to end on the committed demo model, print a summary"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make up     - Airflow UI (with the review gallery) and MLflow UI on localhost"
 	@echo "make bench  - benchmarks, results in docs/bench/"
 	@echo "make bench-scale - 240 images through the local Celery stack, 1 and 2 default workers"
+	@echo "make bench-review - 10,000 assets in one run on PostgreSQL: gallery, thumbnails, 20 reviewers"
 	@echo "make demo-model - retrain include/models/darkroom-demo from nothing (~30 min on 2 idle cores)"
 	@echo "make lint   - ruff, and the import contracts of .importlinter (lint-imports)"
 	@echo "make test-integration - the Celery stack from local processes (also part of make test)"
@@ -87,6 +88,12 @@ demo-model: $(STAMP)
 
 bench-scale: $(STAMP)
 	nice -n 10 $(BIN)/python -m tests.integration.bench_scale --images 240 --out docs/bench/scale.json
+
+# The review gallery and decision API under load (a throwaway PostgreSQL and airflow
+# api-server on loopback; ~5 min). Bounded: 10,000 assets, 2,000 decided, 15 min at most.
+bench-review: $(STAMP)
+	nice -n 10 $(BIN)/python -m tests.plugins.review_load --assets 10000 --reviewers 20 \
+		--decisions 2000 --deadline 900 --out docs/bench/review_load.json
 
 # The import contracts also run inside `make test` (tests/test_architecture.py).
 lint: $(STAMP)
