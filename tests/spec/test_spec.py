@@ -62,6 +62,25 @@ BAD = [
     pytest.param(_set("prompts.positive", "photo of {{ product.name "), ["prompts.positive", "syntax error"], id="template-syntax"),
     pytest.param(_set("publish", [{"kind": "ftp", "path": "x"}]), ["publish.0", "ftp", "'folder', 's3'"], id="unknown-destination"),
     pytest.param(lambda d: d.pop("brief"), ["`brief` is missing", "add this field"], id="missing-brief"),
+    pytest.param(_set("asset_types.0.generation", {"variants_per_task": 2}),
+                 ["asset_types.0", "asset type 'hero_tile'", "generation.variants_per_task holds for the "
+                  "whole campaign", "fix: set it under the campaign's `generation:`", "model, revision"],
+                 id="asset-type-campaign-wide-field"),
+    pytest.param(_set("asset_types.0.generation", {"mode": "inpaint"}),
+                 ["asset type 'hero_tile'", "generation.mode holds for the whole campaign"],
+                 id="asset-type-mode"),
+    pytest.param(_set("asset_types.0.generation", {"steps": 0}),
+                 ["asset_types.0.generation.steps", "= 0", "a whole number from 1 to 200"],
+                 id="asset-type-steps-bounds"),
+    pytest.param(_set("asset_types.0.generation", {"modle": "demo"}),
+                 ["asset_types.0.generation.modle", "remove it or fix its spelling", "model"],
+                 id="asset-type-unknown-field"),
+    pytest.param(_set("asset_types.0.generation", {"model": None}),
+                 ["asset_types.0.generation.model", "valid string"], id="asset-type-model-null"),
+    pytest.param(lambda d: (d["generation"].update(backend="http"),
+                            d["asset_types"][0].update(generation={"loras": [{"path": "style.safetensors"}]})),
+                 ["asset_types.0.generation (asset type 'hero_tile')", "loras run on the local diffusers "
+                  "backend only", "backend 'http'"], id="asset-type-loras-on-http"),
 ]
 
 
@@ -100,3 +119,22 @@ def test_find_spec_by_id_and_path():
 def test_exported_json_schema_is_current():
     committed = json.loads((ROOT / "schemas" / "campaign.schema.json").read_text())
     assert committed == json_schema(), "run `make schema` and commit schemas/campaign.schema.json"
+
+
+def test_asset_type_generation_overrides_only_what_it_sets(tmp_path):
+    def two_asset_types(data):
+        hero = data["asset_types"][0]
+        hero["generation"] = {"model": "demo", "steps": 30, "width": 128, "height": 96,
+                              "loras": [{"path": "hero_style.safetensors", "weight": 0.7}]}
+        data["asset_types"].append({"name": "bulk_tile", "channels": ["web_tile"],
+                                    "generation": {"steps": 2, "scheduler": "euler"}})
+        data["asset_types"].append({"name": "plain_tile", "channels": ["web_tile"]})
+    spec = load_spec(_write_variant(tmp_path, two_asset_types)).spec
+    hero, bulk, plain = (spec.generation_for(n) for n in ("hero_tile", "bulk_tile", "plain_tile"))
+    assert (hero.model, hero.steps, hero.width, hero.height, hero.scheduler) == ("demo", 30, 128, 96, "ddim")
+    assert [(x.path, x.weight) for x in hero.loras] == [("hero_style.safetensors", 0.7)]
+    assert (bulk.model, bulk.steps, bulk.scheduler, bulk.width) == ("tiny", 2, "euler", 64)
+    assert plain == spec.generation  # no block: the campaign's, as before
+    # Campaign-wide fields stay the campaign's for every asset type.
+    assert {g.variants_per_task for g in (hero, bulk, plain)} == {spec.generation.variants_per_task}
+    assert [at.own_model for at in spec.asset_types] == [True, False, False]
