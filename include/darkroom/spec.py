@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -475,6 +476,13 @@ ASSET_TYPE_GENERATION = ("model", "revision", "scheduler", "steps", "guidance", 
                          "loras", "batch_size")
 
 
+class _Override(_Model):
+    @model_serializer(mode="wrap")
+    def _only_what_is_set(self, handler):
+        # Dumped as written (the spec body the catalog keeps loads again): unset is not null.
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
 def _generation_override() -> type[_Model]:
     """``Generation``'s overridable fields with their own bounds and descriptions, none set by
     default: built from ``Generation`` so the limits cannot drift apart."""
@@ -483,7 +491,7 @@ def _generation_override() -> type[_Model]:
         info = copy.copy(Generation.model_fields[name])
         info.default, info.default_factory = None, None
         fields[name] = (info.annotation, info)
-    return create_model("AssetTypeGeneration", __base__=_Model, __doc__=(
+    return create_model("AssetTypeGeneration", __base__=_Override, __doc__=(
         "What one asset type draws with instead of the campaign's `generation`: only the fields "
         "given here differ, the rest come from the campaign"), **fields)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from darkroom.errors import SpecError
-from darkroom.spec import find_spec, json_schema, load_spec
+from darkroom.spec import find_spec, json_schema, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGNS = ROOT / "include" / "campaigns"
@@ -138,3 +138,7 @@ def test_asset_type_generation_overrides_only_what_it_sets(tmp_path):
     # Campaign-wide fields stay the campaign's for every asset type.
     assert {g.variants_per_task for g in (hero, bulk, plain)} == {spec.generation.variants_per_task}
     assert [at.own_model for at in spec.asset_types] == [True, False, False]
+    # The body the catalog keeps says what the spec says (unset is not null) and loads again.
+    body = spec.model_dump(mode="json")
+    assert body["asset_types"][1]["generation"] == {"steps": 2, "scheduler": "euler"}
+    assert parse_spec(body) == spec
