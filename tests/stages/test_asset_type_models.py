@@ -92,3 +92,32 @@ def test_two_asset_types_draw_with_two_models_in_one_run(tmp_path, hero_model):
     assert params["hero_tile.model_version"] == models["hero_tile"]["version"]
     assert (params["hero_tile.size"], params["bulk_tile.size"]) == ("64x64", "32x48")
     assert (params["hero_tile.steps"], params["bulk_tile.steps"]) == ("3", "2")
+
+
+@pytest.mark.usefixtures("use_tiny_model")
+def test_the_model_version_param_is_a_version_of_the_campaigns_model(tmp_path, hero_model):
+    from darkroom.errors import ModelError, ParamsError
+    from darkroom.generation.models import local_model_digest
+    from darkroom.stages import validate
+
+    def hero_of_its_own(data):
+        data["asset_types"][0]["generation"] = {"model": str(hero_model)}
+        data["asset_types"].append({"name": "bulk_tile", "channels": ["web_tile"]})
+
+    def hero_of_its_own_only(data):
+        data["asset_types"][0]["generation"] = {"model": str(hero_model)}
+    spec = small_spec(tmp_path, hero_of_its_own)
+    tiny, hero = (local_model_digest(p)[:12] for p in (Settings.from_env().tiny_model_dir, hero_model))
+    ctx = stage_ctx(spec, Settings.from_env(), {"model_version": tiny[:8]})
+    validate.run(ctx)
+    models = runs.get(ctx.catalog, ctx.run_pk).summary["models"]
+    assert (models["hero_tile"]["version"], runs.get(ctx.catalog, ctx.run_pk).model_version) == (hero, tiny)
+    # The hero's own version is not one of the campaign's model: refused, naming the Param.
+    with pytest.raises(ModelError, match="Param `model_version`") as info:
+        validate.run(stage_ctx(spec, Settings.from_env(), {"model_version": hero[:8]}, run_id="manual__2"))
+    assert "is not a version of tiny-sd" in str(info.value)
+    # No asset type draws with the campaign's model: the Param would change nothing.
+    (tmp_path / "only").mkdir()
+    only_hero = small_spec(tmp_path / "only", hero_of_its_own_only)
+    with pytest.raises(ParamsError, match="every asset type draws with a model of its own"):
+        validate.run(stage_ctx(only_hero, Settings.from_env(), {"model_version": tiny[:8]}, run_id="manual__3"))

@@ -55,6 +55,12 @@ def check_models(ctx: RunContext) -> dict | None:
     :raises ModelError: the model_version Param, or a model of the spec, names a version the
         registry or the folder does not have; the message names the Param or field and the fix.
     """
+    if ctx.conf.model_version and all(at.own_model for at in ctx.spec.asset_types):
+        raise ParamsError(
+            f"{ctx.loaded.path}: Param `model_version` = {ctx.conf.model_version!r} names a version "
+            "of the campaign's generation.model, but every asset type draws with a model of its own "
+            "(asset_types[].generation.model); fix: leave model_version empty, or change the asset "
+            "types' models in the spec")
     refs = {}
     for i, at in enumerate(ctx.spec.asset_types):
         try:
