@@ -15,7 +15,6 @@ from typing import TypeVar
 
 from airflow.sdk.exceptions import AirflowFailException
 from darkroom.errors import DarkroomError
-from darkroom_operators.stopping import task_ended
 
 F = TypeVar("F", bound=Callable)
 
@@ -31,6 +30,8 @@ def fail_fast():
             raise
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
     finally:
+        from darkroom_operators.stopping import task_ended  # SQLAlchemy's ORM: not at parse time
+
         task_ended()
 
 
