@@ -340,12 +340,24 @@ class RoutingRule(_Model):
     backend: Literal["local", "http", "stability", "private"] | None = Field(
         None, description="'private': generation.backend if it is local/http, else local")
     pool: str | None = Field(None, description="Airflow pool of the generate tasks")
+    fallback: list[Literal["local", "http", "stability", "private"]] = Field(
+        default_factory=list, description="Backends tried in order when `backend` is found down "
+        "(refused, 5xx, timeout) during a generate task, e.g. [local, stability]. A private rule "
+        "falls back to private backends only")
 
     @model_validator(mode="after")
     def _checked(self) -> RoutingRule:
         if self.backend is None and self.pool is None:
             raise ValueError("a routing rule needs `backend` and/or `pool`; e.g. "
                              "{when: {product.confidential: true}, backend: private}")
+        if self.fallback and self.backend is None:
+            raise ValueError(f"fallback {self.fallback} needs the rule's `backend` (what it falls back "
+                             "from); fix: add backend: local, http, stability or private")
+        hosted = [b for b in self.fallback if b not in ("local", "http", "private")]
+        if self.backend == "private" and hosted:
+            raise ValueError(f"fallback {hosted[0]!r}: a private rule never falls back to a hosted "
+                             "API (its prompts must not leave our machines); fix: fall back to "
+                             "local, http or private only, or drop it")
         for key in self.when:
             for for_pool, used in ((False, self.backend), (True, self.pool)):
                 problem = used is not None and check_condition(key, for_pool=for_pool)
@@ -435,6 +447,9 @@ class Generation(_Model):
         "local", description="local (diffusers in the task), http (a `darkroom serve-model` host: "
         "$DARKROOM_MODEL_SERVER_URL), stability (Stability AI's API: $DARKROOM_STABILITY_API_KEY)"
     )
+    fallback: list[Literal["local", "http", "stability"]] = Field(
+        default_factory=list, description="Backends tried in order when `backend` is found down "
+        "during a generate task (variants no routing rule gives a backend)")
     priority: Literal["low", "normal", "high"] = Field(
         "normal", description="Tested by routing rules, e.g. {when: {priority: high}, pool: gpu_high}"
     )
@@ -459,7 +474,7 @@ class Generation(_Model):
     def _local_only_features(self) -> Generation:
         used = ([f"mode: {self.mode}"] if self.mode != "text2image" else []) + \
             (["loras"] if self.loras else []) + (["ip_adapter"] if self.ip_adapter else [])
-        remote = {self.backend} | {r.backend for r in self.routing if r.backend}
+        remote = {self.backend, *self.fallback} | {b for r in self.routing for b in (r.backend, *r.fallback) if b}
         remote &= {"http", "stability"}
         if used and remote:
             raise ValueError(f"{', '.join(used)} run on the local diffusers backend only, but "
