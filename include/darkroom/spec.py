@@ -400,6 +400,17 @@ class Optimizations(_Model):
     vae_slicing: bool = Field(False, description="Decode a batch one image at a time (less memory)")
 
 
+class Burst(_Model):
+    """Burst capacity: while our GPU pool is backed up, a low-priority campaign's public
+    variants (those no ``private`` rule routes) are sent to a hosted API instead."""
+
+    backend: Literal["stability"] = Field("stability", description="The hosted API to burst to")
+    backlog_over: int = Field(ge=0, description="Burst when more images than this wait for our "
+                              "GPUs at planning time (planned by other running runs, not drawn yet)")
+    cost_per_image: float = Field(ge=0, description="Price of one image from the hosted API: the "
+                                  "dry-run plan shows the extra cost of bursting")
+
+
 class Generation(_Model):
     mode: Literal["text2image", "image2image", "inpaint"] = Field(
         "text2image", description="image2image and inpaint start from the product's reference "
@@ -457,6 +468,8 @@ class Generation(_Model):
         default_factory=list, description="Rules tried in order; the first that matches and "
         "names a backend (or pool) decides it. See darkroom.generation.routing"
     )
+    burst: Burst | None = Field(None, description="Send public variants of a low-priority campaign "
+                                "to a hosted API while the GPU pool's backlog exceeds a threshold")
     stability: StabilityOptions = StabilityOptions()
     loras: list[LoraAdapter] = Field(default_factory=list, description="LoRA adapters with weights")
     ip_adapter: IPAdapter | None = None
@@ -471,10 +484,18 @@ class Generation(_Model):
         "stabilityai/stable-diffusion-x4-upscaler); null = Lanczos")
 
     @model_validator(mode="after")
+    def _burst_is_for_low_priority(self) -> Generation:
+        if self.burst and self.priority != "low":
+            raise ValueError(f"burst sends low-priority work to a hosted API, but priority is "
+                             f"{self.priority!r}; fix: set priority: low, or drop burst")
+        return self
+
+    @model_validator(mode="after")
     def _local_only_features(self) -> Generation:
         used = ([f"mode: {self.mode}"] if self.mode != "text2image" else []) + \
             (["loras"] if self.loras else []) + (["ip_adapter"] if self.ip_adapter else [])
-        remote = {self.backend, *self.fallback} | {b for r in self.routing for b in (r.backend, *r.fallback) if b}
+        remote = {self.backend, *self.fallback, *([self.burst.backend] if self.burst else [])}
+        remote |= {b for r in self.routing for b in (r.backend, *r.fallback) if b}
         remote &= {"http", "stability"}
         if used and remote:
             raise ValueError(f"{', '.join(used)} run on the local diffusers backend only, but "

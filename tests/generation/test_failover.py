@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from darkroom.catalog import runs
 from darkroom.catalog.tables import Asset, AssetStatus, Variant
 from darkroom.config import Settings
 from darkroom.generation.routing import chain_for
@@ -108,3 +109,51 @@ def test_model_server_stopped_mid_run(tiny_model, tmp_path, monkeypatch, caplog)
     m = run.data.metrics
     assert (m["images_by_http"], m["images_by_stability"]) == (1, 2)
     assert (m["images_primary"], m["images_fallback"]) == (1, 2)
+
+
+@pytest.mark.usefixtures("use_tiny_model")
+def test_burst_sends_public_low_priority_work_to_the_hosted_api(tmp_path, monkeypatch):
+    """Another campaign's running run keeps 3 images waiting for the GPUs: over the threshold
+    of 2, the public variants of a low-priority campaign go to the hosted API (its cost in the
+    dry-run plan), the confidential one stays on our GPU."""
+    with fake_stability() as (url, calls):
+        monkeypatch.setenv("DARKROOM_STABILITY_API_KEY", API_KEY)
+        monkeypatch.setenv("DARKROOM_STABILITY_BASE_URL", url)
+        settings = Settings.from_env(catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}")
+        (tmp_path / "busy").mkdir()
+        busy = stage_ctx(small_spec(tmp_path / "busy"), settings, {"limit": 3}, run_id="manual__busy")
+        validate.run(busy)
+        plan.run(busy)
+
+        def mutate(d):
+            d["id"] = "burst_demo"
+            d["generation"].update(priority="low", backend="local", routing=[CONFIDENTIAL],
+                                   burst={"backlog_over": 2, "cost_per_image": 0.04}, variants_per_task=16)
+            d["asset_types"] = d["asset_types"][:1]
+            d["products"]["required_columns"] = ["sku", "name"]
+
+        (tmp_path / "burst").mkdir()
+        spec = small_spec(tmp_path / "burst", mutate, rows=ROWS)
+        dry = stage_ctx(spec, settings, {"dry_run": True}, run_id="manual__dry")
+        validate.run(dry)
+        assert plan.run(dry) == []
+        text = runs.get(dry.catalog, dry.run_pk).summary["plan"]
+        assert ("Burst: 3 public variants go to stability (3 images wait for the GPU pool, over 2); "
+                "extra cost up to 0.12 at 0.04 per image") in text
+        ctx = stage_ctx(spec, settings, run_id="manual__1")
+        validate.run(ctx)
+        (batch,) = plan.run(ctx)
+        assert generate.run(ctx, batch)["generated"] == 4
+    with ctx.catalog.session() as s:
+        made = {r.product_id: (r.backend, r.route) for r in s.execute(
+            select(Variant.product_id, Asset.backend, Asset.route).join(Asset, Asset.variant_id == Variant.id)
+            .where(Asset.run_pk == ctx.run_pk))}
+    assert made == {"TER-001": ("stability", "burst"), "TER-002": ("local", "primary"),
+                    "TER-003": ("stability", "burst"), "TER-004": ("stability", "burst")}
+    assert len(calls) == 3 and not any("secret prototype" in c["fields"]["prompt"] for c in calls)
+
+
+def test_burst_is_for_low_priority_campaigns():
+    with pytest.raises(ValidationError, match="burst sends low-priority work to a hosted API, but "
+                       "priority is 'normal'; fix: set priority: low"):
+        Generation(burst={"backlog_over": 10, "cost_per_image": 0.04})

@@ -87,16 +87,19 @@ def _private(g) -> str:
     return g.backend if g.backend in PRIVATE_BACKENDS else "local"
 
 
+def _rule_for(spec, facts: dict[str, Any]):
+    """The first rule that matches ``facts`` and names a backend, or None."""
+    return next((r for r in spec.generation.routing if r.backend and matches(r.when, facts)), None)
+
+
 def chain_for(spec, facts: dict[str, Any]) -> list[str]:
     """The backends for one variant's ``facts``, in the order to try them: the first matching
     rule's backend and its fallbacks, else ``generation.backend`` and ``generation.fallback``
     (the spec refuses a hosted fallback on a private rule)."""
     g = spec.generation
-    for rule in g.routing:
-        if rule.backend and matches(rule.when, facts):
-            names = [_private(g) if b == "private" else b for b in (rule.backend, *rule.fallback)]
-            return list(dict.fromkeys(names))
-    return list(dict.fromkeys([g.backend, *g.fallback]))
+    rule = _rule_for(spec, facts)
+    names = [g.backend, *g.fallback] if rule is None else [rule.backend, *rule.fallback]
+    return list(dict.fromkeys(_private(g) if b == "private" else b for b in names))
 
 
 def backend_for(spec, facts: dict[str, Any]) -> str:
@@ -104,13 +107,18 @@ def backend_for(spec, facts: dict[str, Any]) -> str:
     return chain_for(spec, facts)[0]
 
 
-def route_text(chain: list[str]) -> str:
-    """How a plan item records its backends: the primary, then its fallbacks ('http,stability')."""
-    return ",".join(chain)
+BURST = "burst:"
 
 
-def route_chain(text: str) -> list[str]:
-    return text.split(",")
+def route_text(chain: list[str], burst: bool = False) -> str:
+    """How a plan item records its backends: the primary, then its fallbacks ('http,stability');
+    ``burst:`` first when the primary is the burst backend ('burst:stability,http')."""
+    return (BURST if burst else "") + ",".join(chain)
+
+
+def route_chain(text: str) -> tuple[list[str], bool]:
+    """(backends in order, whether the first is a burst) of a plan item's recorded route."""
+    return text.removeprefix(BURST).split(","), text.startswith(BURST)
 
 
 def pool_for(spec) -> str | None:
@@ -123,13 +131,15 @@ def pool_for(spec) -> str | None:
     return g.pool
 
 
-def routes_for(spec, variants, rows: dict[str, dict] | None) -> dict[str, str]:
+def routes_for(spec, variants, rows: dict[str, dict] | None, burst: bool = False) -> dict[str, str]:
     """variant id -> its backends as :func:`route_text` writes them, decided at planning time
     from each variant's facts.
 
     ``rows``: product id -> product row with the spec's column map applied (None when no rule
     tests a product column). A variant whose product row is missing cannot have its facts
-    checked, so it fails closed onto a private backend."""
+    checked, so it fails closed onto a private backend. ``burst``: the GPU pool is backed up
+    (see ``generation.burst``): public variants headed for our GPUs go to the burst backend
+    first, their own backends after it."""
     facts = campaign_facts(spec)
     private = _private(spec.generation)
     routes = {}
@@ -138,7 +148,14 @@ def routes_for(spec, variants, rows: dict[str, dict] | None) -> dict[str, str]:
             routes[v.id] = private
             continue
         product = rows.get(v.product_id) if rows is not None else None
-        routes[v.id] = route_text(chain_for(spec, {**facts, "asset_type": v.asset_type, "product": product}))
+        variant_facts = {**facts, "asset_type": v.asset_type, "product": product}
+        chain = chain_for(spec, variant_facts)
+        rule = _rule_for(spec, variant_facts)
+        if burst and chain[0] in PRIVATE_BACKENDS and (rule is None or rule.backend != "private"):
+            chain = list(dict.fromkeys([spec.generation.burst.backend, *chain]))
+            routes[v.id] = route_text(chain, burst=True)
+        else:
+            routes[v.id] = route_text(chain)
     return routes
 
 
@@ -189,11 +206,14 @@ class RoutedBackend:
     Backends are made when first needed: a fallback nobody needs need not be configured.
     """
 
-    def __init__(self, routes: dict[str, list[str]], make, down: dict[str, str] | None = None):
-        self.routes, self.make = routes, make
+    def __init__(self, routes: dict[str, str], make, down: dict[str, str] | None = None):
+        parsed = {v: route_chain(text) for v, text in routes.items()}
+        self.routes = {v: chain for v, (chain, _) in parsed.items()}
+        self.burst = {v for v, (_, burst) in parsed.items() if burst}
+        self.make = make
         self.backends: dict[str, Backend] = {}
         self.down = {} if down is None else down
-        primaries = sorted({chain[0] for chain in routes.values()})
+        primaries = sorted({chain[0] for chain in self.routes.values()})
         self.name = "+".join(primaries)
         for name in primaries:  # a primary that cannot be made is a setup error: say it now
             self.backends[name] = make(name)
@@ -228,6 +248,11 @@ class RoutedBackend:
         for b in list(self.backends.values()):
             getattr(b, "free_memory", lambda: None)()
 
+    def _why(self, variant_id: str, name: str) -> str:
+        if name != self.routes[variant_id][0]:
+            return "fallback"
+        return "burst" if variant_id in self.burst else "primary"
+
     def _unavailable(self, request: Request) -> Result:
         chain = self.routes[request.variant_id]
         why = "; ".join(f"{name} is down ({self.down[name]})" for name in chain)
@@ -236,7 +261,7 @@ class RoutedBackend:
         res = Result(request.variant_id, None, 0.0,
                      f"backend_unavailable: {why}; {allowed}, so it waits for the next run "
                      "(fix: bring the backend back, or name a fallback the policy allows)"[:500])
-        res.backend, res.route = chain[0], "primary"
+        res.backend, res.route = chain[0], self._why(request.variant_id, chain[0])
         return res
 
     def generate(self, requests: list[Request], pass_size: int | None = None) -> list[Result]:
@@ -266,7 +291,7 @@ class RoutedBackend:
                 sampler = backend.sampler_name(mine[0].scheduler)
                 for res in results:
                     res.backend, res.sampler = name, sampler
-                    res.route = "primary" if name == self.routes[res.variant_id][0] else "fallback"
+                    res.route = self._why(res.variant_id, name)
                     by_variant[res.variant_id] = res
         return [by_variant[r.variant_id] for r in requests]
 
@@ -283,4 +308,4 @@ def backend_for_batch(routes: dict[str, str], ref: ModelRef, settings: Settings,
         return make_backend(name, ref, settings, device=g.device, stability=stability,
                             dtype=g.dtype, options=options)
 
-    return RoutedBackend({v: route_chain(text) for v, text in routes.items()}, make, down)
+    return RoutedBackend(routes, make, down)
