@@ -342,12 +342,24 @@ class RoutingRule(_Model):
     backend: Literal["local", "http", "stability", "private"] | None = Field(
         None, description="'private': generation.backend if it is local/http, else local")
     pool: str | None = Field(None, description="Airflow pool of the generate tasks")
+    fallback: list[Literal["local", "http", "stability", "private"]] = Field(
+        default_factory=list, description="Backends tried in order when `backend` is found down "
+        "(refused, 5xx, timeout) during a generate task, e.g. [local, stability]. A private rule "
+        "falls back to private backends only")
 
     @model_validator(mode="after")
     def _checked(self) -> RoutingRule:
         if self.backend is None and self.pool is None:
             raise ValueError("a routing rule needs `backend` and/or `pool`; e.g. "
                              "{when: {product.confidential: true}, backend: private}")
+        if self.fallback and self.backend is None:
+            raise ValueError(f"fallback {self.fallback} needs the rule's `backend` (what it falls back "
+                             "from); fix: add backend: local, http, stability or private")
+        hosted = [b for b in self.fallback if b not in ("local", "http", "private")]
+        if self.backend == "private" and hosted:
+            raise ValueError(f"fallback {hosted[0]!r}: a private rule never falls back to a hosted "
+                             "API (its prompts must not leave our machines); fix: fall back to "
+                             "local, http or private only, or drop it")
         for key in self.when:
             for for_pool, used in ((False, self.backend), (True, self.pool)):
                 problem = used is not None and check_condition(key, for_pool=for_pool)
@@ -388,6 +400,17 @@ class Optimizations(_Model):
     vae_tiling: Literal["auto", "on", "off"] = Field(
         "auto", description="Decode in tiles; auto = on above 1024x1024 (large images fit in memory)")
     vae_slicing: bool = Field(False, description="Decode a batch one image at a time (less memory)")
+
+
+class Burst(_Model):
+    """Burst capacity: while our GPU pool is backed up, a low-priority campaign's public
+    variants (those no ``private`` rule routes) are sent to a hosted API instead."""
+
+    backend: Literal["stability"] = Field("stability", description="The hosted API to burst to")
+    backlog_over: int = Field(ge=0, description="Burst when more images than this wait for our "
+                              "GPUs at planning time (planned by other running runs, not drawn yet)")
+    cost_per_image: float = Field(ge=0, description="Price of one image from the hosted API: the "
+                                  "dry-run plan shows the extra cost of bursting")
 
 
 class Generation(_Model):
@@ -437,6 +460,9 @@ class Generation(_Model):
         "local", description="local (diffusers in the task), http (a `darkroom serve-model` host: "
         "$DARKROOM_MODEL_SERVER_URL), stability (Stability AI's API: $DARKROOM_STABILITY_API_KEY)"
     )
+    fallback: list[Literal["local", "http", "stability"]] = Field(
+        default_factory=list, description="Backends tried in order when `backend` is found down "
+        "during a generate task (variants no routing rule gives a backend)")
     priority: Literal["low", "normal", "high"] = Field(
         "normal", description="Tested by routing rules, e.g. {when: {priority: high}, pool: gpu_high}"
     )
@@ -444,6 +470,8 @@ class Generation(_Model):
         default_factory=list, description="Rules tried in order; the first that matches and "
         "names a backend (or pool) decides it. See darkroom.generation.routing"
     )
+    burst: Burst | None = Field(None, description="Send public variants of a low-priority campaign "
+                                "to a hosted API while the GPU pool's backlog exceeds a threshold")
     stability: StabilityOptions = StabilityOptions()
     loras: list[LoraAdapter] = Field(default_factory=list, description="LoRA adapters with weights")
     ip_adapter: IPAdapter | None = None
@@ -458,10 +486,18 @@ class Generation(_Model):
         "stabilityai/stable-diffusion-x4-upscaler); null = Lanczos")
 
     @model_validator(mode="after")
+    def _burst_is_for_low_priority(self) -> Generation:
+        if self.burst and self.priority != "low":
+            raise ValueError(f"burst sends low-priority work to a hosted API, but priority is "
+                             f"{self.priority!r}; fix: set priority: low, or drop burst")
+        return self
+
+    @model_validator(mode="after")
     def _local_only_features(self) -> Generation:
         used = ([f"mode: {self.mode}"] if self.mode != "text2image" else []) + \
             (["loras"] if self.loras else []) + (["ip_adapter"] if self.ip_adapter else [])
-        remote = {self.backend} | {r.backend for r in self.routing if r.backend}
+        remote = {self.backend, *self.fallback, *([self.burst.backend] if self.burst else [])}
+        remote |= {b for r in self.routing for b in (r.backend, *r.fallback) if b}
         remote &= {"http", "stability"}
         if used and remote:
             raise ValueError(f"{', '.join(used)} run on the local diffusers backend only, but "

@@ -4,13 +4,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,7 +17,7 @@ from darkroom.generation.resolve import resolve_model
 from darkroom.generation.routing import make_backend
 from darkroom.generation.types import BackendUnavailable, InvalidRequest, Request
 
-DARKROOM = Path(sys.executable).with_name("darkroom")
+from tests.support.servers import model_server
 
 
 def _free_port() -> int:
@@ -39,37 +34,9 @@ def _pixels(img) -> str:
 def server(tiny_model, tmp_path_factory):
     """Base URL of a model server with the tiny model preloaded; a wide batching window so
     that threads started together land in one batch even on a busy 2-core machine."""
-    port = _free_port()
-    home = tmp_path_factory.mktemp("serve-home")
-    env = {**os.environ, "DARKROOM_HOME": str(home), "DARKROOM_TINY_MODEL": str(tiny_model),
-           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([str(DARKROOM), "serve-model", "--host", "127.0.0.1", "--port", str(port),
-                             "--model", "tiny", "--device", "cpu", "--batch-window-ms", "400",
-                             "--max-batch", "8"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve-model exited with {proc.returncode}: {(home / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve-model did not start: {(home / 'server.log').read_text()}")
-            time.sleep(0.2)
+    with model_server(tiny_model, tmp_path_factory.mktemp("serve-home"), "--batch-window-ms", "400",
+                      "--max-batch", "8") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -250,3 +250,33 @@ def stop_server(proc: subprocess.Popen, timeout: float = 15) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+# --------------------------------------------------------------------------- model server
+
+
+@contextlib.contextmanager
+def model_server(tiny_model: Path, home: Path, *extra: str,
+                 startup_timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``darkroom serve-model`` with the tiny model on the CPU, on 127.0.0.1: its base URL
+    and its process (a test may stop it mid-run with :func:`stop_server`)."""
+    port = free_port()
+    env = {**os.environ, "DARKROOM_HOME": str(home), "DARKROOM_TINY_MODEL": str(tiny_model),
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    log_path = home / "server.log"
+    url = f"http://{HOST}:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("darkroom")), "serve-model",
+                                 "--host", HOST, "--port", str(port), "--model", "tiny", "--device",
+                                 "cpu", *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while not _answers(f"{url}/healthz"):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"serve-model exited with {proc.returncode}: {log_path.read_text()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"serve-model did not start: {log_path.read_text()}")
+                time.sleep(0.2)
+            yield url, proc
+        finally:
+            stop_server(proc)

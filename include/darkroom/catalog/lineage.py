@@ -42,7 +42,7 @@ def asset_record(a: Asset, run: Run) -> dict:
         "template_version": v.template_version, "seed": a.seed,
         "model": {"name": a.model_name, "version": a.model_version, "loras": a.loras},
         "params": {"scheduler": a.scheduler, "steps": a.steps, "guidance": a.guidance,
-                   "width": a.width, "height": a.height, "backend": a.backend},
+                   "width": a.width, "height": a.height, "backend": a.backend, "route": a.route},
         "uri": a.uri, "sha256": a.sha256, "phash": a.phash, "timings": a.timings,
         "qa": [{"check": q.check, "value": q.value, "threshold": q.threshold,
                 "passed": q.passed, "detail": q.detail} for q in a.qa_results],

@@ -345,6 +345,17 @@ def store_plan(catalog: Catalog, run_pk: int, campaign_id: str, variants: list, 
     return set(new)
 
 
+def gpu_backlog(catalog: Catalog, run_pk: int) -> int:
+    """Images waiting for our GPUs: variants the other running runs planned for a local or
+    http backend (or before routes were recorded) that have no image yet."""
+    drawn = select(Asset.id).where(Asset.variant_id == PlanItem.variant_id, Asset.uri.is_not(None))
+    ours = PlanItem.backend.is_(None) | PlanItem.backend.like("local%") | PlanItem.backend.like("http%")
+    with catalog.session() as s:
+        return s.scalar(select(func.count()).select_from(PlanItem).join(Run, Run.id == PlanItem.run_pk)
+                        .where(Run.state == "running", Run.id != run_pk, PlanItem.status == "planned",
+                               ours, ~drawn.exists()))
+
+
 def planned(catalog: Catalog, run_pk: int, batch: int) -> list[tuple[Variant, str | None]]:
     """The batch's planned variants, in plan order (detached rows), each with the backend
     routing chose for it when the run was planned (None: planned before that was recorded)."""

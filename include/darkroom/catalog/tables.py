@@ -197,6 +197,9 @@ class Asset(Base):
     guidance: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(BigInteger)
     backend: Mapped[str] = mapped_column(String(32))
+    # Why that backend made it (0011): primary (routing chose it), fallback (the primary was
+    # down during the task), burst (sent to a hosted API while the GPU pool was backed up).
+    route: Mapped[str] = mapped_column(String(16), default="primary", server_default="primary")
     timings: Mapped[dict] = mapped_column(JSON, default=dict)
     # Variant ids of the forward pass that made it (see generation.types.Result.forward_pass).
     forward_pass: Mapped[list | None] = mapped_column(JSON)

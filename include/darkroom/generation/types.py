@@ -66,6 +66,9 @@ class Result:
     # Set when a routed batch mixes backends (darkroom.generation.routing): who made this image.
     backend: str | None = None
     sampler: str | None = None
+    # Why that backend: primary (the one routing chose), fallback (the primary was down),
+    # burst (the GPU pool was backed up when the run was planned).
+    route: str | None = None
     # The forward pass that made this image, in order, padding included. Its length (the
     # pass size) decides the GEMM shapes, so replaying a pass of that size reproduces the image.
     forward_pass: list[str] | None = None

@@ -56,12 +56,13 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
              ", ".join(sorted({f"{ref.name}@{ref.version}" for ref, _ in models.values()})),
              len(share.held), len(todo))
     seconds, used = 0.0, []
+    down: dict[str, str] = {}  # the task's circuit breaker: backend -> why it is down
     for at, (ref, g) in models.items():
         mine = [v for v in todo if v.asset_type == at]
         if not mine:
             continue
-        # 3. The backend routing chose for these variants when the run was planned.
-        drawing = backend or backend_for_todo(ctx, planned, mine, ref, g)
+        # 3. The backends routing chose for these variants when the run was planned.
+        drawing = backend or backend_for_todo(ctx, planned, mine, ref, g, down)
         if drawing not in used:  # peak memory from this task's first pass on it
             used.append(drawing)
             reset = getattr(drawing, "reset_peak_memory", None)
@@ -79,10 +80,10 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
     return {"batch": batch, **counts}
 
 
-def backend_for_todo(ctx: RunContext, planned: list, todo: list[Variant], ref, g):
+def backend_for_todo(ctx: RunContext, planned: list, todo: list[Variant], ref, g, down: dict):
     todo_ids = {v.id for v in todo}
     routes = {v.id: chosen or planned_route(ctx, v) for v, chosen in planned if v.id in todo_ids}
-    return routing.backend_for_batch(routes, ref, ctx.settings, g, ctx.loaded.resolve)
+    return routing.backend_for_batch(routes, ref, ctx.settings, g, ctx.loaded.resolve, down)
 
 
 def draw(ctx: RunContext, todo: list[Variant], asset_ids: dict, ref, g, backend, counts: Counter,
@@ -125,7 +126,7 @@ def draw(ctx: RunContext, todo: list[Variant], asset_ids: dict, ref, g, backend,
             made_by = result.backend or backend.name
             if result.error:  # this variant only (e.g. content_filtered); the next run retries it
                 log.warning("Variant %s failed on %s: %s", v.id, made_by, result.error)
-                record_failure(ctx, v, asset_ids[v.id], ref, g, made_by, result.error[:500])
+                record_failure(ctx, v, asset_ids[v.id], ref, g, made_by, result.error[:500], result.route)
                 counts["failed"] += 1
                 continue
             record_image(ctx, v, asset_ids[v.id], ref, g, made_by, result.sampler or sampler, result)
@@ -142,7 +143,8 @@ def planned_route(ctx: RunContext, v: Variant) -> str:
     g = ctx.spec.generation
     if routing.needs_products(ctx.spec):
         return g.backend if g.backend in PRIVATE_BACKENDS else "local"
-    return routing.backend_for(ctx.spec, {**routing.campaign_facts(ctx.spec), "asset_type": v.asset_type})
+    return routing.route_text(routing.chain_for(
+        ctx.spec, {**routing.campaign_facts(ctx.spec), "asset_type": v.asset_type}))
 
 
 class InputImageError(InvalidRequest):
@@ -211,9 +213,10 @@ def failure_reason(exc: Exception) -> str:
 
 
 def record_failure(ctx: RunContext, variant: Variant, asset_id: str, ref, g, backend: str,
-                   reason: str) -> None:
+                   reason: str, route: str | None = None) -> None:
     assets.record(ctx.catalog, asset_id=asset_id, variant=variant, run_pk=ctx.run_pk, ref=ref, g=g,
-                  backend=backend, status=AssetStatus.failed, failure_reason=reason)
+                  backend=backend, route=route or "primary", status=AssetStatus.failed,
+                  failure_reason=reason)
 
 
 def record_image(ctx: RunContext, variant: Variant, asset_id: str, ref, g, backend: str, sampler: str,
@@ -230,7 +233,7 @@ def record_image(ctx: RunContext, variant: Variant, asset_id: str, ref, g, backe
         darkroom={"asset_id": asset_id, "variant_id": variant.id, "campaign": ctx.spec.id,
                   "run_id": ctx.run_id, "product_id": variant.product_id,
                   "model": ref.location if not ref.is_local else ref.name,
-                  "model_version": ref.version, "backend": backend,
+                  "model_version": ref.version, "backend": backend, "route": result.route or "primary",
                   "pass_size": len(result.forward_pass or [variant.id]),
                   **({"loras": [{k: x[k] for k in ("name", "version", "weight")} for x in ref.lora_records]}
                      if ref.loras else {}),
@@ -240,7 +243,8 @@ def record_image(ctx: RunContext, variant: Variant, asset_id: str, ref, g, backe
     data = imaging.encode(img, "png", prov)
     stored = ctx.storage.put(ctx.key("originals", f"{variant.id}.png"), data, "image/png")
     assets.record(ctx.catalog, asset_id=asset_id, variant=variant, run_pk=ctx.run_pk, ref=ref, g=g,
-                  backend=backend, status=AssetStatus.generated, failure_reason=None, uri=stored.uri,
+                  backend=backend, route=result.route or "primary", status=AssetStatus.generated,
+                  failure_reason=None, uri=stored.uri,
                   sha256=stored.sha256, width=img.width, height=img.height, format="png",
                   bytes=stored.bytes, timings={"generate_s": round(result.seconds, 4)},
                   forward_pass=result.forward_pass)

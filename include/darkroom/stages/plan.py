@@ -53,8 +53,12 @@ def run(ctx: RunContext) -> list[int]:
         mode="json", include=set(ASSET_TYPE_GENERATION)), sort_keys=True) for at in ctx.spec.asset_types}
     batches = prompts.chunk(allowed, g.variants_per_task, g.max_mapped_tasks,
                             key=lambda v: drawn_with[v.asset_type])
-    # 4. Routing: each variant's backend, from its facts (product columns when rules ask).
-    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, frame, allowed))
+    # 4. Routing: each variant's backends, from its facts (product columns when rules ask); a
+    #    low-priority campaign bursts to a hosted API while the GPU pool is backed up.
+    burst = g.burst
+    backlog = runs.gpu_backlog(ctx.catalog, ctx.run_pk) if burst else 0
+    bursting = burst is not None and backlog > burst.backlog_over
+    routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, frame, allowed), burst=bursting)
     # 5. Store new variants and the run's plan, in bulk.
     new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected, routes)
     new_allowed = sum(1 for v in allowed if v.id in new)
@@ -65,9 +69,15 @@ def run(ctx: RunContext) -> list[int]:
     per_type = estimates(ctx, share.by_asset_type)
     text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), size=size,
                      detail=share.describe(), estimate=per_type)
+    burst_summary = {}
+    if burst:
+        sent = sum(1 for r in routes.values() if routing.route_chain(r)[1])
+        burst_summary = {"burst": {"backlog": backlog, "variants": sent,
+                                   "extra_cost": sent * burst.cost_per_image}}
+        text += "\n" + burst_text(burst, backlog, sent)
     runs.update_summary(ctx.catalog, ctx.run_pk, planned=len(allowed), policy_rejected=len(rejected),
                         policy_terms=dict(terms), new_variants=new_allowed, batches=len(batches),
-                        plan=text, estimate=per_type, **share.summary())
+                        plan=text, estimate=per_type, **share.summary(), **burst_summary)
     log.info("Planned %d variants (%d new; %s; %d rejected by policy) in %d batches of up to %d",
              len(allowed), new_allowed, share.describe(), len(rejected), len(batches), size)
     if ctx.conf.dry_run:
@@ -236,6 +246,17 @@ def estimates(ctx: RunContext, to_generate: dict[str, int]) -> dict[str, dict]:
                    "steps": g.steps, "seconds_per_image": spi, "source": source, "gpu_seconds": seconds,
                    "cost": None if seconds is None else seconds / 3600 * price}
     return out
+
+
+def burst_text(burst, backlog: int, sent: int) -> str:
+    """The plan's line on burst capacity: whether it bursts, how many variants, the extra cost."""
+    if backlog <= burst.backlog_over:
+        return (f"Burst: no ({backlog} images wait for the GPU pool, not over "
+                f"generation.burst.backlog_over {burst.backlog_over})")
+    return (f"Burst: {sent} public variants go to {burst.backend} ({backlog} images wait for the GPU "
+            f"pool, over {burst.backlog_over}); extra cost up to {sent * burst.cost_per_image:.2f} at "
+            f"{burst.cost_per_image} per image (generation.burst.cost_per_image), those already drawn "
+            "not charged")
 
 
 def plan_text(ctx: RunContext, n: int, batches: int, *, rejected: int = 0, size: int = 0,

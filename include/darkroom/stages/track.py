@@ -195,6 +195,10 @@ def run_metrics(ctx: RunContext, run_assets: list[Asset], summary: dict, used: l
         "peak_memory_mb": round(max(peaks) / 2**20, 1) if peaks else 0.0,
     }
     metrics.update({f"qa_fail_{k}": v for k, v in failures.items()})
+    # Which backend made the images, and why (primary, fallback, burst): a run that leaned on
+    # a fallback or burst capacity shows it next to its cost.
+    metrics.update({f"images_by_{k}": v for k, v in Counter(a.backend for a in generated).items()})
+    metrics.update({f"images_{k}": v for k, v in Counter(a.route for a in generated).items()})
     return metrics
 
 
@@ -231,12 +235,12 @@ def asset_table(run_assets: list[Asset]) -> dict[str, list]:
     """Columns for mlflow.log_table (shown as a table in the MLflow UI)."""
     cols: dict[str, list] = {k: [] for k in ("asset_id", "version", "supersedes", "product_id",
                                              "asset_type", "seed", "status", "model", "model_version",
-                                             "qa_failed", "uri", "prompt")}
+                                             "backend", "route", "qa_failed", "uri", "prompt")}
     for a in run_assets:
         for k, v in (("asset_id", a.id), ("version", a.version), ("supersedes", a.supersedes_id or ""),
                      ("product_id", a.variant.product_id), ("asset_type", a.variant.asset_type),
                      ("seed", a.seed), ("status", str(a.status)), ("model", a.model_name),
-                     ("model_version", a.model_version),
+                     ("model_version", a.model_version), ("backend", a.backend), ("route", a.route),
                      ("qa_failed", ",".join(q.check for q in a.qa_results if not q.passed)),
                      ("uri", a.uri or ""), ("prompt", a.variant.prompt)):
             cols[k].append(v)
