@@ -10,7 +10,7 @@ import threading
 
 import pytest
 from darkroom.catalog import Catalog, reviews, runs
-from darkroom.catalog.tables import Asset, AssetStatus, Campaign, Review, Run, Variant
+from darkroom.catalog.tables import Asset, AssetStatus, Campaign, QAResult, Review, Run, Variant
 from sqlalchemy import select
 
 
@@ -101,20 +101,65 @@ def test_concurrent_decisions_are_all_kept_and_status_follows_the_newest(catalog
             assert s.get(Asset, a).status == rows[-1].decision
 
 
-def test_run_assets_filters_and_file_uri_only_returns_catalog_uris(catalog_url):
+def test_run_page_filters_and_file_uri_only_returns_catalog_uris(catalog_url):
     cat = Catalog(catalog_url)
-    a, b, _ = _seed(cat)
+    a, b, c = _seed(cat)
     reviews.decide(cat, a, "approve", "ann")
+    with cat.session() as s:
+        s.get(Asset, c).audit_sample = True
+        s.get(Variant, "v1").channels = ["web", "print_a4"]
+        s.add(QAResult(asset_id=b, check="sharpness", value=3.0, threshold=20.0, passed=False, status="fail"))
     run = runs.find_run(cat, "campaign__c", "r1")
-    assert [r["asset_id"] for r in reviews.run_assets(cat, run, status="approved")] == [a]
-    assert reviews.run_assets(cat, run, channel="print") == []
-    assert len(reviews.run_assets(cat, run, channel="web")) == 3
+
+    def ids(**filters) -> list[str]:
+        return [r["asset_id"] for r in reviews.run_page(cat, run, reviews.GalleryFilters(**filters)).assets]
+
+    assert ids(status="approved") == [a]
+    assert ids(channel="print_a4") == [b]
+    assert ids(channel="print") == [] and ids(channel="print%a4") == []  # whole names, no wildcards
+    assert ids(channel="web") == [a, b, c]
+    assert ids(product="P2") == [c]
+    assert ids(qa_failed="blur") == [b] and ids(qa_failed="any") == [b] and ids(qa_failed="not_blank") == []
+    assert ids(audit_sample=True) == [c] and ids(audit_sample=False) == [a, b]
+    page = reviews.run_page(cat, run, reviews.GalleryFilters(status="qa_passed", product="P1"))
+    assert (page.counts, page.total) == ({"qa_passed": 1}, 1)  # counts: every filter but the status
+    assert reviews.run_page(cat, run).counts == {"approved": 1, "qa_passed": 2}
+    with pytest.raises(reviews.BadPage, match="status 'aproved' is not one of"):
+        reviews.GalleryFilters(status="aproved")
     assert reviews.file_uri(cat, b, "original") == "file:///a1.png"
     with pytest.raises(reviews.AssetNotFound):
         reviews.file_uri(cat, b, "../../etc/passwd")
     assert reviews.asset_run(cat, b).dag_id == "campaign__c"
     assert runs.recent_runs(cat, {"other"}) == []
     assert runs.recent_runs(cat)[0]["waiting"] == 2
+
+
+def test_run_pages_follow_the_last_asset_seen_so_decisions_skip_nothing(catalog_url):
+    """Reviewing the ``needs_review`` filter page by page: each decision takes an asset out
+    of the filter, so an offset would skip as many as were decided; the keyset cursor (the
+    last asset seen) does not."""
+    cat = Catalog(catalog_url)
+    ids = _seed(cat, 7, AssetStatus.needs_review)
+    run = runs.find_run(cat, "campaign__c", "r1")
+    waiting = reviews.GalleryFilters(status="needs_review")
+    first = reviews.run_page(cat, run, waiting, limit=3)
+    assert [r["asset_id"] for r in first.assets] == ids[:3]
+    assert (first.total, first.position, first.prev_before, first.next_after) == (7, 0, None, ids[2])
+    for r in first.assets:
+        reviews.decide(cat, r["asset_id"], "approve", "ann")
+    second = reviews.run_page(cat, run, waiting, after=first.next_after, limit=3)
+    assert [r["asset_id"] for r in second.assets] == ids[3:6]
+    assert (second.total, second.position, second.next_after) == (4, 0, ids[5])
+    last = reviews.run_page(cat, run, waiting, after=second.next_after, limit=3)
+    assert ([r["asset_id"] for r in last.assets], last.next_after) == ([ids[6]], None)
+    everything = reviews.GalleryFilters()
+    back = reviews.run_page(cat, run, everything, before=ids[6], limit=2)
+    assert [r["asset_id"] for r in back.assets] == ids[4:6]
+    assert (back.position, back.prev_before, back.next_after) == (4, ids[4], ids[5])
+    with pytest.raises(reviews.BadPage, match="no asset of run"):
+        reviews.run_page(cat, run, after="not-an-asset")
+    with pytest.raises(reviews.BadPage, match="1 to 500"):
+        reviews.run_page(cat, run, limit=0)
 
 
 @pytest.mark.postgres
