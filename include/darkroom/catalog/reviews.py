@@ -363,7 +363,8 @@ def run_page(catalog: Catalog, run: RunRef, filters: GalleryFilters = GalleryFil
         cursor_id = after or before
         if cursor_id and s.scalar(select(Asset.id).where(Asset.id == cursor_id,
                                                          Asset.run_pk == run.pk)) is None:
-            raise BadPage(f"cursor {cursor_id!r} is no asset of run {run.run_id!r}; start from the first page")
+            raise BadPage(f"cursor {cursor_id!r} is no asset of run {run.run_id!r}; "
+                          "start from the first page")
         matching = filters.where(of_run)
         q = matching.options(selectinload(Asset.qa_results), selectinload(Asset.reviews),
                              selectinload(Asset.variant),
