@@ -71,9 +71,10 @@
   }
 
   async function goPage(url, none) {
-    if (!url) { say(none); return; }
-    await Promise.all(Array.from(inflight));
-    location.href = url;
+    await Promise.all(Array.from(inflight));  // leave no decision unanswered
+    if (url) { location.href = url; return; }
+    const said = flash.textContent;
+    if (!said.endsWith(none)) say((said ? said + " · " : "") + none, flash.classList.contains("bad"));
   }
 
   function selected() { return cards.filter((c) => c.querySelector(".pick").checked); }
