@@ -214,3 +214,59 @@ def test_cli_review_show_prints_the_audit_log(tmp_path, darkroom_home):
     missing = subprocess.run([darkroom, "review", "show", "nope"], env=env, capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode != 0 and "no asset 'nope'" in missing.stderr
+
+
+def test_gallery_pages_of_a_10000_asset_run_read_only_indexes(tmp_path):
+    """Every query a gallery page makes (the page, the counts, the position, the facets) on
+    a run of 10,000 assets, with each filter: SQLite's plan searches an index and scans no
+    table (an index the migration forgot, or a filter that reads every variant, fails here)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import event, insert
+
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    n = 10_000
+    statuses = [AssetStatus.qa_passed, AssetStatus.needs_review, AssetStatus.approved, AssetStatus.qa_failed]
+    with cat.session() as s:
+        s.add(Campaign(id="c", spec_hash="h", spec_path="/x.yaml", spec_body={"channels": {"web": {}}}))
+        s.add(Run(campaign_id="c", dag_id="campaign__c", run_id="r1", spec_hash="h"))
+        s.flush()
+        start = datetime(2026, 12, 1, tzinfo=UTC)
+        s.execute(insert(Variant), [dict(id=f"v{i}", campaign_id="c", product_id=f"P{i % 50}",
+                                         asset_type="tile", channels=["web"], template_version="t",
+                                         prompt="p", negative_prompt="", seed=i, params={}) for i in range(n)])
+        s.execute(insert(Asset), [dict(id=f"a{i:05d}", variant_id=f"v{i}", run_pk=1, version=1,
+                                       status=statuses[i % 4], uri="file:///x.png", model_name="m",
+                                       model_version="1", scheduler="ddim", steps=2, guidance=7.5, seed=i,
+                                       backend="t", loras=[], timings={}, audit_sample=i % 100 == 3,
+                                       created_at=start + timedelta(seconds=i)) for i in range(n)])
+        s.execute(insert(QAResult), [dict(asset_id=f"a{i:05d}", check="sharpness", value=1.0, threshold=2.0,
+                                          passed=False, status="fail", detail="")
+                                     for i in range(3, n, 4)])
+    run = runs.find_run(cat, "campaign__c", "r1")
+    seen: list[tuple[str, object]] = []
+    event.listen(cat.engine, "before_cursor_execute",
+                 lambda conn, cur, statement, params, ctx, many: seen.append((statement, params)))
+    pages = [
+        reviews.run_page(cat, run),
+        reviews.run_page(cat, run, after="a05000"),
+        reviews.run_page(cat, run, before="a09000"),
+        reviews.run_page(cat, run, reviews.GalleryFilters(status="needs_review"), after="a08001"),
+        reviews.run_page(cat, run, reviews.GalleryFilters(product="P3", channel="web")),
+        reviews.run_page(cat, run, reviews.GalleryFilters(qa_failed="sharpness", audit_sample=False)),
+    ]
+    reviews.run_facets(cat, run)
+    assert [(p.total, p.position, len(p.assets)) for p in pages] == [
+        (10_000, 0, 100), (10_000, 5001, 100), (10_000, 8900, 100), (2500, 2001, 100), (200, 0, 100),
+        (2400, 0, 100)]
+    assert pages[0].counts == {s: 2500 for s in statuses}
+    bad = []
+    with cat.engine.connect() as c:
+        for statement, params in seen:
+            if not statement.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = [row[-1] for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]
+            # A scan anywhere; or the run's assets sorted in memory (their index gives the order).
+            bad += [(p, statement) for p in plan if p.startswith("SCAN")
+                    or ("TEMP B-TREE FOR ORDER BY" in p and "FROM asset" in statement)]
+    assert seen and not bad, bad

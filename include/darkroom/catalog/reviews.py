@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import String, and_, cast, func, or_, select, update
+from sqlalchemy import String, cast, func, literal, select, tuple_, update
 from sqlalchemy.orm import aliased, selectinload
 
 from darkroom.catalog.db import Catalog
@@ -324,8 +324,11 @@ class GalleryFilters:
         if self.channel:
             # variant.channels is a JSON list of names; its text holds each as "name".
             quoted = '"' + self.channel.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + '"'
-            q = q.where(Asset.variant_id.in_(select(Variant.id).where(
-                cast(Variant.channels, String).like(f"%{quoted}%", escape="\\"))))
+            # Correlated, so each of the run's assets looks up its own variant (by key), not
+            # every variant of every campaign.
+            q = q.where(select(Variant.id).where(
+                Variant.id == Asset.variant_id,
+                cast(Variant.channels, String).like(f"%{quoted}%", escape="\\")).exists())
         if self.qa_failed:
             failed = select(QAResult.id).where(QAResult.asset_id == Asset.id, QAResult.passed.is_(False))
             if self.qa_failed != "any":
@@ -390,19 +393,19 @@ def run_page(catalog: Catalog, run: RunRef, filters: GalleryFilters = GalleryFil
                        prev_before=rows[0].id if rows and position > 0 else None)
 
 
-def _key_of(asset_id: str):
+def _key(asset_id: str):
+    """(created_at, id) of an asset: the gallery's order."""
     at = aliased(Asset)
-    return select(at.created_at).where(at.id == asset_id).scalar_subquery()
+    return tuple_(select(at.created_at).where(at.id == asset_id).scalar_subquery(), literal(asset_id))
 
 
+# Row values, so the run's (run_pk, created_at, id) index serves the range.
 def _after(asset_id: str):
-    c = _key_of(asset_id)
-    return or_(Asset.created_at > c, and_(Asset.created_at == c, Asset.id > asset_id))
+    return tuple_(Asset.created_at, Asset.id) > _key(asset_id)
 
 
 def _before(asset_id: str):
-    c = _key_of(asset_id)
-    return or_(Asset.created_at < c, and_(Asset.created_at == c, Asset.id < asset_id))
+    return tuple_(Asset.created_at, Asset.id) < _key(asset_id)
 
 
 def _gallery_record(a: Asset, db_run: Run) -> dict:
