@@ -270,3 +270,37 @@ def test_gallery_pages_of_a_10000_asset_run_read_only_indexes(tmp_path):
             bad += [(p, statement) for p in plan if p.startswith("SCAN")
                     or ("TEMP B-TREE FOR ORDER BY" in p and "FROM asset" in statement)]
     assert seen and not bad, bad
+
+
+def test_run_page_shows_the_version_each_asset_replaced_and_its_review_band(catalog_url):
+    """Where judgment happens: a new model version beside the asset it superseded, a QA
+    regeneration beside the asset of the variant it replaced, and the checks (with values
+    and thresholds) that put an asset in the review band."""
+    cat = Catalog(catalog_url)
+    a0, a1, _ = _seed(cat)
+    common = dict(model_name="m", scheduler="ddim", steps=2, guidance=7.5, backend="test")
+    with cat.session() as s:
+        run_pk = s.get(Asset, a0).run_pk
+        s.get(Asset, a1).status = AssetStatus.qa_failed
+        s.add(QAResult(asset_id=a1, check="sharpness", value=3.0, threshold=20.0, passed=False,
+                       status="fail", detail="variance of Laplacian 3 < 20: blurry"))
+        s.add(Asset(id="new0", variant_id="v0", version=2, supersedes_id=a0, run_pk=run_pk,
+                    status=AssetStatus.needs_review, uri="file:///n0.png", model_version="2", seed=0, **common))
+        s.add(QAResult(asset_id="new0", check="sharpness", value=22.0, threshold=20.0, passed=True,
+                       status="borderline", detail="variance of Laplacian 22 >= 20 (within review band 5)"))
+        s.add(Variant(id="v1r", campaign_id="c", product_id="P1", asset_type="tile", channels=["web"],
+                      template_version="t", prompt="p", seed=101, params={}, regenerated_from="v1", attempt=1))
+        s.add(Asset(id="regen1", variant_id="v1r", run_pk=run_pk, status=AssetStatus.qa_passed,
+                    uri="file:///r1.png", model_version="1", seed=101, **common))
+    run = runs.find_run(cat, "campaign__c", "r1")
+    shown = {r["asset_id"]: r for r in reviews.run_page(cat, run).assets}
+    assert shown["new0"]["previous"] == {"asset_id": a0, "version": 1, "status": "qa_passed", "seed": 0,
+                                         "model_version": "1", "why": "an earlier model version",
+                                         "failed_checks": []}
+    before = shown["regen1"]["previous"]
+    assert (before["asset_id"], before["status"], before["why"]) == (a1, "qa_failed", "regenerated with the next seed")
+    assert before["failed_checks"] == [{"check": "sharpness", "value": 3.0, "threshold": 20.0,
+                                        "detail": "variance of Laplacian 3 < 20: blurry"}]
+    assert [(q["check"], q["value"], q["threshold"], q["status"]) for q in shown["new0"]["doubts"]] == [
+        ("sharpness", 22.0, 20.0, "borderline")]
+    assert shown[a0]["previous"] is None and shown[a0]["doubts"] == []

@@ -387,7 +387,8 @@ def run_page(catalog: Catalog, run: RunRef, filters: GalleryFilters = GalleryFil
         position = (s.scalar(select(func.count()).select_from(matching.where(_before(rows[0].id)).subquery()))
                     if rows else (total if after else 0))
         db_run = s.get(Run, run.pk)
-        records = [_gallery_record(a, db_run) for a in rows]
+        before = _previous_versions(s, rows)
+        records = [_gallery_record(a, db_run, before.get(a.id)) for a in rows]
     return GalleryPage(records, counts, total, position,
                        next_after=rows[-1].id if rows and more_after else None,
                        prev_before=rows[0].id if rows and position > 0 else None)
@@ -408,13 +409,49 @@ def _before(asset_id: str):
     return tuple_(Asset.created_at, Asset.id) < _key(asset_id)
 
 
-def _gallery_record(a: Asset, db_run: Run) -> dict:
+def _gallery_record(a: Asset, db_run: Run, previous: dict | None = None) -> dict:
     rec = asset_record(a, db_run)
     rec["channels"] = list(a.variant.channels)
     rec["reviews"] = [{"id": r.id, "decision": r.decision, "reviewer": r.reviewer,
                        "note": r.note, "at": r.at} for r in a.reviews]
     rec["failed_checks"] = [q for q in rec["qa"] if not q["passed"]]
+    # What put it in the review band: the checks inside their band, and those that could not run.
+    rec["doubts"] = [q for q in rec["qa"] if q["status"] in ("borderline", "not_run")]
+    rec["previous"] = previous
     return rec
+
+
+def _previous_versions(s, rows: list[Asset]) -> dict[str, dict]:
+    """The version each asset of a page replaced, to show beside it: the older asset of the
+    same variant (a new model version: ``supersedes``) or, for a QA regeneration (the next
+    seed: a new variant), the newest asset of the variant it was regenerated from."""
+    older_ids = {a.id: a.supersedes_id for a in rows if a.supersedes_id}
+    from_variant = {a.id: a.variant.regenerated_from for a in rows
+                    if not a.supersedes_id and a.variant.regenerated_from}
+    found: dict[str, Asset] = {}
+    if older_ids:
+        found.update((a.id, a) for a in s.scalars(select(Asset).where(Asset.id.in_(set(older_ids.values())))
+                                                  .options(selectinload(Asset.qa_results))))
+    newest: dict[str, Asset] = {}
+    if from_variant:
+        for a in s.scalars(select(Asset).where(Asset.variant_id.in_(set(from_variant.values())))
+                           .options(selectinload(Asset.qa_results)).order_by(Asset.version)):
+            newest[a.variant_id] = a
+    out = {}
+    for asset_id, older in older_ids.items():
+        if older in found:
+            out[asset_id] = _previous_record(found[older], "an earlier model version")
+    for asset_id, variant_id in from_variant.items():
+        if variant_id in newest:
+            out[asset_id] = _previous_record(newest[variant_id], "regenerated with the next seed")
+    return out
+
+
+def _previous_record(a: Asset, why: str) -> dict:
+    return {"asset_id": a.id, "version": a.version, "status": a.status, "seed": a.seed,
+            "model_version": a.model_version, "why": why,
+            "failed_checks": [{"check": q.check, "value": q.value, "threshold": q.threshold,
+                               "detail": q.detail} for q in a.qa_results if not q.passed]}
 
 
 def run_facets(catalog: Catalog, run: RunRef) -> dict[str, list[str]]:
