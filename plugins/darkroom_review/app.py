@@ -19,6 +19,8 @@ of a status filter skip none, and assets of batches still running arrive on the 
 Writes need the ``X-Darkroom-CSRF: 1`` header and JSON bodies (see security.py).
 Files (only URIs the catalog records; the client names an asset and a kind, never a path):
     GET  /files/thumbnail/{asset_id}       the 256 px review thumbnail (immutable, ETag)
+    GET  /files/brand-reference/{asset_id}/{check}/{name}   a reference image a brand check
+                                           compared the asset with (one the spec names)
     GET  /files/asset/{asset_id}/{original|<channel>}?w=256
     GET  /files/run/{dag_id}/{run_id}/contact-sheet
 
@@ -45,6 +47,7 @@ from darkroom.catalog.db import Catalog
 from darkroom.catalog.tables import AssetStatus
 from darkroom.config import Settings
 from darkroom.errors import ReviewError, StorageError
+from darkroom.stages.brand import BRAND_CHECKS, reference_images
 from darkroom.stages.postprocess import review_thumbnail
 from darkroom.storage import Storage, open_storage, read_uri
 from darkroom_operators.hooks import DarkroomHook
@@ -226,6 +229,7 @@ def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: Ca
     authorize_dag(user, dag_id, "GET")
     run = _run_or_404(cat, dag_id, run_id, query.attempt)
     page = query.page(cat, run)
+    with_brand_references(cat, run, page.assets)
     last = page.assets[-1]["asset_id"] if page.assets else query.after
     return templates.TemplateResponse(request, "gallery.html", {
         "run": run, "page": page, "assets": page.assets, "facets": reviews.run_facets(cat, run),
@@ -241,6 +245,27 @@ def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: Ca
         "csrf_header": CSRF_HEADER, "decidable": {s.value for s in reviews.DECIDABLE},
         "open": reviews.open_for_decisions(cat, run),
         "airflow_state": airflow_states([(run.dag_id, run.run_id)]).get((run.dag_id, run.run_id))})
+
+
+def _references(cat: Catalog, run: runs.RunRef, asset_type: str, check: str):
+    body, path = reviews.campaign_spec(cat, run)
+    return reference_images(body, path, asset_type, check, DarkroomHook().settings()) if body else []
+
+
+def with_brand_references(cat: Catalog, run: runs.RunRef, assets: list[dict]) -> None:
+    """``brand_references`` on each asset a brand check failed or doubted: the reference images
+    it was compared with (names; ``nearest``: the one the check's detail names)."""
+    found: dict[tuple[str, str], list] = {}
+    for a in assets:
+        a["brand_references"] = []
+        for q in a["qa"]:
+            if q["status"] in ("fail", "borderline") and q["check"] in BRAND_CHECKS:
+                key = (a["asset_type"], q["check"])
+                if key not in found:
+                    found[key] = [p.name for p in _references(cat, run, *key)]
+                names = found[key][:6]
+                nearest = next((n for n in names if n in (q["detail"] or "")), None)
+                a["brand_references"].append({"check": q["check"], "names": names, "nearest": nearest})
 
 
 # -- JSON API ---------------------------------------------------------------------------
@@ -262,7 +287,9 @@ def api_runs(user: User, cat: CatalogDep) -> list[dict]:
 @app.get("/api/runs/{dag_id}/{run_id:path}/assets")
 def api_run_assets(dag_id: str, run_id: str, user: User, cat: CatalogDep, query: PageDep) -> dict:
     authorize_dag(user, dag_id, "GET")
-    page = query.page(cat, _run_or_404(cat, dag_id, run_id, query.attempt))
+    run = _run_or_404(cat, dag_id, run_id, query.attempt)
+    page = query.page(cat, run)
+    with_brand_references(cat, run, page.assets)
     return {"assets": page.assets, "counts": page.counts, "total": page.total,
             "position": page.position, "next_after": page.next_after, "prev_before": page.prev_before}
 
@@ -368,6 +395,22 @@ def asset_thumbnail(request: Request, asset_id: str, user: User, cat: CatalogDep
     except StorageError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     return Response(data, media_type="image/webp", headers=headers)
+
+
+@app.get("/files/brand-reference/{asset_id}/{check}/{name}")
+def brand_reference(asset_id: str, check: str, name: str, user: User, cat: CatalogDep) -> Response:
+    """A brand reference image, only one of those the asset's brand check reads (by name
+    from the folder the spec names: the client never gives a path)."""
+    run = reviews.asset_run(cat, asset_id)
+    authorize_dag(user, run.dag_id, "GET")
+    asset_type = reviews.show(cat, asset_id)["asset_type"]
+    path = next((p for p in _references(cat, run, asset_type, check) if p.name == name), None)
+    if path is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"{name!r} is no brand reference of check {check!r} for asset {asset_id!r}")
+    # Brand files can be replaced in place: cache for an hour, not for good.
+    return Response(path.read_bytes(), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 @app.get("/files/asset/{asset_id}/{kind}")

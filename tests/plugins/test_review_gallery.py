@@ -480,3 +480,40 @@ def test_reviewer_goes_through_two_pages_by_keyboard(server, filled, review_run)
     assert all(r.reviewer == "admin" for r in rows)
     assert [a for a, st in statuses.items() if st == AssetStatus.rejected] == review_run[9::10]
     assert all(st == AssetStatus.approved for a, st in statuses.items() if a not in review_run[9::10])
+
+
+def test_compare_where_judgment_happens(server, filled):
+    """A new version beside the one it superseded, the brand references beside a brand
+    check in doubt (the nearest marked), and the values and thresholds that put an asset in
+    the review band."""
+    from darkroom.catalog.tables import QAResult
+
+    old, doubted = filled.asset_ids[0], filled.asset_ids[4]
+    with Catalog(filled.catalog_url).session() as s:
+        src = s.get(Asset, old)
+        s.add(Asset(id="newversion0", variant_id=src.variant_id, version=2, supersedes_id=old, run_pk=src.run_pk,
+                    status=AssetStatus.needs_review, uri=src.uri, sha256=src.sha256, width=src.width,
+                    height=src.height, format=src.format, model_name=src.model_name, model_version="v2",
+                    scheduler=src.scheduler, steps=src.steps, guidance=src.guidance, seed=src.seed,
+                    backend=src.backend))
+        s.add(QAResult(asset_id=doubted, check="brand_palette", value=55.0, threshold=60.0, passed=True,
+                       status="borderline", detail="palette distance to studio_2.png 55 <= 60 (within review band 10)"))
+    page = server.request("GET", _gallery(filled))[2].decode()
+    assert f'data-previous="{old}"' in page and f"/files/thumbnail/{old}" in page
+    assert "model <code>" in page and "an earlier model version" in page
+    band = page[page.index('<table class="band">'):]
+    band = band[:band.index("</table>")]
+    assert "<td>brand_palette</td><td>55</td><td>60</td>" in band and "within review band 10" in band
+    refs = page[page.index('<div class="refs" data-check="brand_palette">'):]
+    assert f"/files/brand-reference/{doubted}/brand_palette/studio_1.png" in refs
+    assert '<figure class="nearest">' in refs and "studio_2.png (nearest)" in refs
+    code, headers, data = server.request("GET", f"/darkroom/files/brand-reference/{doubted}/brand_palette/studio_2.png")
+    assert code == 200 and data[:4] == b"\x89PNG" and headers["content-type"] == "image/png"
+    for probe in ("..%2Fbrand%2Frestricted_terms.txt", "nope.png"):
+        assert server.request("GET", f"/darkroom/files/brand-reference/{doubted}/brand_palette/{probe}")[0] == 404
+    assert server.request("GET", f"/darkroom/files/brand-reference/{doubted}/sharpness/studio_2.png")[0] == 404
+    shown = json.loads(server.request("GET", f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/assets")[2])
+    mine = {r["asset_id"]: r for r in shown["assets"]}
+    assert mine["newversion0"]["previous"]["asset_id"] == old
+    assert mine[doubted]["brand_references"] == [{"check": "brand_palette", "names": ["studio_1.png", "studio_2.png"],
+                                                  "nearest": "studio_2.png"}]

@@ -454,6 +454,14 @@ def _previous_record(a: Asset, why: str) -> dict:
                                "detail": q.detail} for q in a.qa_results if not q.passed]}
 
 
+def campaign_spec(catalog: Catalog, run: RunRef) -> tuple[dict, str]:
+    """The run's campaign spec as the catalog keeps it: (body, the spec file's path)."""
+    with catalog.session() as s:
+        row = s.execute(select(Campaign.spec_body, Campaign.spec_path)
+                        .join(Run, Run.campaign_id == Campaign.id).where(Run.id == run.pk)).first()
+    return (row[0] or {}, row[1]) if row else ({}, "")
+
+
 def run_facets(catalog: Catalog, run: RunRef) -> dict[str, list[str]]:
     """What the run's filters can choose: its campaign's channels, its products, the QA
     checks some of its assets failed."""
