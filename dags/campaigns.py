@@ -74,6 +74,10 @@ def trigger_params(loaded: LoadedSpec) -> dict[str, Param]:
             known.append(f"versions {', '.join(versions)}")
         mv["description"] += f" This campaign's profile has: {'; '.join(known)}."
     mv["description"] += f" The spec's model: {model}."
+    own = [f"{at.name}: {loaded.spec.generation_for(at.name).model}" for at in loaded.spec.asset_types
+           if at.own_model]
+    if own:
+        mv["description"] += f" Asset types with a model of their own keep it ({'; '.join(own)})."
     return {name: Param(schema.pop("default"), **schema) for name, schema in schemas.items()}
 
 

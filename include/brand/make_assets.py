@@ -6,7 +6,7 @@ Run: .venv/bin/python include/brand/make_assets.py
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parent
 
@@ -21,27 +21,26 @@ def logo() -> None:
     img.save(ROOT / "logo.png", optimize=True)
 
 
-def references() -> None:
-    """Warm neutral studio backdrop, a ceramic product shape, a soft shadow."""
-    rng = np.random.default_rng(7)
-    looks = [((226, 214, 198), (184, 92, 56)), ((214, 206, 190), (92, 120, 110))]
-    for i, (bg, prod) in enumerate(looks):
-        w = h = 256
-        y = np.linspace(0, 1, h)[:, None, None]
-        base = np.array(bg, dtype=np.float32) * (1.05 - 0.15 * y) * np.ones((h, w, 1))
-        img = Image.fromarray(np.clip(base, 0, 255).astype("uint8"))
-        d = ImageDraw.Draw(img)
-        d.ellipse([70, 190, 190, 215], fill=tuple(int(c * 0.7) for c in bg))
-        if i == 0:
-            d.rounded_rectangle([88, 70, 168, 200], radius=18, fill=prod)
-            d.ellipse([150, 100, 195, 150], outline=prod, width=10)
-        else:
-            d.polygon([(128, 50), (180, 200), (76, 200)], fill=prod)
-        img = img.filter(ImageFilter.GaussianBlur(0.8))
-        arr = np.asarray(img).astype(np.float32) + rng.normal(0, 3, (h, w, 3))
-        out = Image.fromarray(np.clip(arr, 0, 255).astype("uint8"))
-        out = out.resize((128, 128), Image.Resampling.LANCZOS)
-        out.save(ROOT / "references" / f"studio_{i + 1}.png", optimize=True)
+def references(out: Path = ROOT / "references") -> list[Path]:
+    """The brand's look, rendered: the spring catalogue's products in their own colours on
+    the warm neutral studio backdrop, in soft daylight (darkroom.devtools.demo.scenes, the
+    renderer the demo model learnt from). The brand checks compare pictures with these, so an
+    on-brand picture of the demo model passes brand_palette and a beach picnic fails it."""
+    from darkroom.devtools.demo import catalogue, scenes
+
+    rng = np.random.default_rng(11)
+    products = [p for p in catalogue.PRODUCTS if p.in_catalogue][:6]
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("studio_*.png"):
+        stale.unlink()
+    written = []
+    for i, product in enumerate(products, start=1):
+        scene = scenes.sample_scene(rng, scene="studio", product=product.name, colour=product.colour,
+                                    backdrop="warm neutral")
+        path = out / f"studio_{i}.png"
+        Image.fromarray(scenes.render(scene, size=128)).save(path, optimize=True)
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ PARAMS: dict[str, dict] = {
         "description": "Leave empty for the campaign's own model. To regenerate with another: a "
                        "profile version number or alias (models:/ campaigns), a revision (hub "
                        "models), or a checksum prefix (a local folder). New asset versions supersede "
-                       "the old ones, which stay; reviewers see only the new ones.",
+                       "the old ones, which stay; reviewers see only the new ones. It "
+                       "applies to the campaign's generation.model: an asset type with a model of "
+                       "its own keeps that one.",
     },
     "limit": {
         "default": None, "type": ["null", "integer"], "minimum": 1,

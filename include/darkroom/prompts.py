@@ -55,9 +55,10 @@ class PlannedVariant:
     violations: list[Violation] = field(default_factory=list)
 
 
-def pixel_params(loaded: LoadedSpec) -> dict:
-    """The generation parameters that decide the pixels (besides model, prompt and seed)."""
-    g = loaded.spec.generation
+def pixel_params(loaded: LoadedSpec, asset_type: str) -> dict:
+    """The generation parameters that decide the pixels of one asset type's variants (besides
+    model, prompt and seed): the campaign's, with what the asset type sets itself."""
+    g = loaded.spec.generation_for(asset_type)
     params = {
         "width": g.width,
         "height": g.height,
@@ -183,12 +184,13 @@ def _iter_variants(loaded: LoadedSpec, products: Iterable[dict], seed_offset: in
     renderer = _Renderer(loaded)
     version = template_version(loaded)
     terms = RestrictedTerms.for_spec(loaded)
-    params = pixel_params(loaded)
     id_col = spec.products.id_column
     combos = vary_combinations(p.vary)
     locales: list[str | None] = list(p.locales) or [None]
     seeds = [spec.generation.base_seed + seed_offset + i for i in range(spec.generation.seeds_per_variant)]
-    asset_types = [(at, at.model_dump()) for at in spec.asset_types]  # dumped once, not per product
+    # Dumped once, not per product; each asset type's own size, steps and scheduler.
+    asset_types = [(at, at.model_dump(exclude={"generation"}), pixel_params(loaded, at.name))
+                   for at in spec.asset_types]
     for row in products:
         product_id = str(row[id_col])
         row_hash = short_hash(row)
@@ -204,7 +206,7 @@ def _iter_variants(loaded: LoadedSpec, products: Iterable[dict], seed_offset: in
             if p.free_text_column:
                 free_text = " ".join(str(product.get(p.free_text_column) or "").split())
                 free_text = free_text[: p.free_text_max_chars]
-            for at, at_fields in asset_types:
+            for at, at_fields, params in asset_types:
                 for combo in combos:
                     extra: dict = dict(row_inputs)
                     if locale:
@@ -260,9 +262,16 @@ def _iter_variants(loaded: LoadedSpec, products: Iterable[dict], seed_offset: in
                         )
 
 
-def chunk(items: list, variants_per_task: int, max_tasks: int) -> list[list]:
-    """Split into batches of at least ``variants_per_task``, at most ``max_tasks`` batches."""
+def chunk(items: list, variants_per_task: int, max_tasks: int, key: Callable | None = None) -> list[list]:
+    """Split into batches of at least ``variants_per_task``, at most ``max_tasks`` batches.
+
+    With ``key``, a batch holds items of one key only (variants drawn with one model at one
+    size: one pipeline per generate task); the size grows so the groups' short last batches
+    still fit under ``max_tasks`` (while there are fewer groups than tasks)."""
     if not items:
         return []
-    size = max(variants_per_task, -(-len(items) // max_tasks))
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item) if key else None, []).append(item)
+    size = max(variants_per_task, -(-len(items) // max(1, max_tasks - len(groups) + 1)))
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]

@@ -8,15 +8,25 @@ conditions, the template environment) and the engines import them from here.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from jinja2 import StrictUndefined, TemplateSyntaxError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from darkroom import confine
 from darkroom.config import Settings
@@ -314,12 +324,6 @@ class Channel(_Model):
         return self
 
 
-class AssetType(_Model):
-    name: Annotated[str, Field(pattern=ID_PATTERN)]
-    description: str = Field("", description="Available to templates as asset_type.description")
-    channels: list[str] = Field(min_length=1)
-
-
 class StabilityOptions(_Model):
     """Stability AI's hosted v2beta endpoints (generation.backend or a rule says 'stability')."""
 
@@ -462,6 +466,66 @@ class Generation(_Model):
                              f"backend {sorted(remote)[0]!r} may be used; fix: set backend: local "
                              "(and no routing rule to http/stability) or drop " + used[0])
         return self
+
+
+#: The generation fields an asset type may set for itself (``asset_types[].generation``), so hero
+#: shots get the strongest model and bulk variations a faster one. The rest (mode, seeds, how
+#: variants are cut into tasks, backend, routing, device, dtype, upscaler...) holds for the
+#: whole run: one DAG, one set of mapped tasks, one routing table.
+ASSET_TYPE_GENERATION = ("model", "revision", "scheduler", "steps", "guidance", "width", "height",
+                         "loras", "batch_size")
+
+
+class _Override(_Model):
+    @model_serializer(mode="wrap")
+    def _only_what_is_set(self, handler):
+        # Dumped as written (the spec body the catalog keeps loads again): unset is not null.
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+def _generation_override() -> type[_Model]:
+    """``Generation``'s overridable fields with their own bounds and descriptions, none set by
+    default: built from ``Generation`` so the limits cannot drift apart."""
+    fields = {}
+    for name in ASSET_TYPE_GENERATION:
+        info = copy.copy(Generation.model_fields[name])
+        info.default, info.default_factory = None, None
+        fields[name] = (info.annotation, info)
+    return create_model("AssetTypeGeneration", __base__=_Override, __doc__=(
+        "What one asset type draws with instead of the campaign's `generation`: only the fields "
+        "given here differ, the rest come from the campaign"), **fields)
+
+
+AssetTypeGeneration = _generation_override()
+
+
+class AssetType(_Model):
+    name: Annotated[str, Field(pattern=ID_PATTERN)]
+    description: str = Field("", description="Available to templates as asset_type.description")
+    channels: list[str] = Field(min_length=1)
+    generation: AssetTypeGeneration | None = Field(  # type: ignore[valid-type]
+        None, description="Override some of the campaign's `generation` for this asset type "
+        f"({', '.join(ASSET_TYPE_GENERATION)}): e.g. the strongest model for hero shots, a faster "
+        "one with fewer steps for bulk variations")
+
+    @property
+    def own_model(self) -> bool:
+        """The asset type names a model of its own (not the campaign's ``generation.model``)."""
+        return self.generation is not None and bool(self.generation.model_fields_set & {"model", "revision"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _campaign_wide_fields(cls, data: Any) -> Any:
+        g = data.get("generation") if isinstance(data, dict) else None
+        if isinstance(g, dict):
+            wide = [k for k in g if k in Generation.model_fields and k not in ASSET_TYPE_GENERATION]
+            if wide:
+                raise ValueError(
+                    f"asset type {data.get('name')!r}: generation.{wide[0]} holds for the whole "
+                    "campaign (one run, one set of tasks), it cannot differ per asset type; fix: "
+                    f"set it under the campaign's `generation:` instead (an asset type may set "
+                    f"{', '.join(ASSET_TYPE_GENERATION)})")
+        return data
 
 
 class QACheck(_Model):
@@ -725,6 +789,11 @@ class CampaignSpec(_Model):
         if unknown:
             raise ValueError(f"approval.asset_types: {unknown[0]!r} is not an asset type of this "
                              f"campaign; fix: use one of {names}")
+        for i, at in enumerate(self.asset_types):
+            try:  # the campaign's rules hold for what each asset type draws with (LoRAs: local only)
+                self.generation_for(at.name)._local_only_features()
+            except ValueError as exc:
+                raise ValueError(f"asset_types.{i}.generation (asset type {at.name!r}): {exc}") from None
         g, p = self.generation, self.products
         needs_reference = [f"generation.mode: {g.mode}"] if g.mode != "text2image" else []
         needs_reference += ["generation.ip_adapter"] if g.ip_adapter else []
@@ -741,6 +810,25 @@ class CampaignSpec(_Model):
     @property
     def dag_id(self) -> str:
         return f"{DAG_PREFIX}{self.id}"
+
+    def asset_type(self, name: str) -> AssetType:
+        return next(at for at in self.asset_types if at.name == name)
+
+    def generation_for(self, asset_type: str) -> Generation:
+        """The generation an asset type draws with: the campaign's ``generation`` with the
+        fields the asset type sets itself (``asset_types[].generation``) on top."""
+        return self._generations[asset_type]
+
+    @cached_property
+    def _generations(self) -> dict[str, Generation]:
+        out = {}
+        for at in self.asset_types:
+            o = at.generation
+            update = {k: getattr(o, k) for k in o.model_fields_set} if o is not None else {}
+            # model_copy keeps the campaign's explicit fields and adds these: a profile's
+            # defaults (resolve.effective_generation) fill only what neither sets.
+            out[at.name] = self.generation.model_copy(update=update) if update else self.generation
+        return out
 
     @property
     def uses_model_upscaler(self) -> bool:

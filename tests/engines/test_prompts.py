@@ -77,3 +77,15 @@ def test_restricted_term_marks_variant(tiles):
 ], ids=["empty", "two-batches", "ceiling-grows-batches", "one-batch"])
 def test_chunk_respects_task_ceiling(n, per_task, max_tasks, sizes):
     assert [len(b) for b in chunk(list(range(n)), per_task, max_tasks)] == sizes
+
+
+@pytest.mark.parametrize("n,per_task,max_tasks,sizes", [
+    (10, 4, 200, [4, 1, 4, 1]),  # odd and even items never share a batch
+    (1000, 8, 10, ([112] * 4 + [52]) * 2),  # 9 full batches' worth, room for two short ones
+    (1001, 8, 10, [112] * 4 + [53] + [112] * 4 + [52]),
+], ids=["groups-apart", "ceiling-with-groups", "ceiling-with-uneven-groups"])
+def test_chunk_with_a_key_keeps_groups_apart_under_the_ceiling(n, per_task, max_tasks, sizes):
+    batches = chunk(list(range(n)), per_task, max_tasks, key=lambda i: i % 2)
+    assert [len(b) for b in batches] == sizes
+    assert len(batches) <= max_tasks
+    assert all(len({i % 2 for i in b}) == 1 for b in batches)

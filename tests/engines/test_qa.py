@@ -166,7 +166,8 @@ def test_learned_checks_without_local_weights_are_not_run_and_never_pass(check, 
 
 # -------------------------------------------------------------------------- brand
 
-BRAND = {"brand_hash": QACheck(threshold=30), "brand_palette": QACheck(threshold=60)}
+# Thresholds for the synthetic pictures here; measured against the rendered references.
+BRAND = {"brand_hash": QACheck(threshold=24), "brand_palette": QACheck()}
 
 
 def test_brand_consistency_passes_on_brand_and_fails_off_brand():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from darkroom.errors import SpecError
-from darkroom.spec import find_spec, json_schema, load_spec
+from darkroom.spec import find_spec, json_schema, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGNS = ROOT / "include" / "campaigns"
@@ -67,6 +67,25 @@ BAD = [
     pytest.param(_set("approval.asset_types", {"banner": {"review": "automated"}}), ["approval.asset_types", "'banner'", "['hero_tile']"], id="review-of-unknown-asset-type"),
     pytest.param(lambda d: d["approval"].update(required=False, asset_types={"hero_tile": {"review": "exception"}}),
                  ["required: false means no person decides", "asset_types.hero_tile.review is 'exception'", "fix: drop `required: false`"], id="required-false-with-people"),
+    pytest.param(_set("asset_types.0.generation", {"variants_per_task": 2}),
+                 ["asset_types.0", "asset type 'hero_tile'", "generation.variants_per_task holds for the "
+                  "whole campaign", "fix: set it under the campaign's `generation:`", "model, revision"],
+                 id="asset-type-campaign-wide-field"),
+    pytest.param(_set("asset_types.0.generation", {"mode": "inpaint"}),
+                 ["asset type 'hero_tile'", "generation.mode holds for the whole campaign"],
+                 id="asset-type-mode"),
+    pytest.param(_set("asset_types.0.generation", {"steps": 0}),
+                 ["asset_types.0.generation.steps", "= 0", "a whole number from 1 to 200"],
+                 id="asset-type-steps-bounds"),
+    pytest.param(_set("asset_types.0.generation", {"modle": "demo"}),
+                 ["asset_types.0.generation.modle", "remove it or fix its spelling", "model"],
+                 id="asset-type-unknown-field"),
+    pytest.param(_set("asset_types.0.generation", {"model": None}),
+                 ["asset_types.0.generation.model", "valid string"], id="asset-type-model-null"),
+    pytest.param(lambda d: (d["generation"].update(backend="http"),
+                            d["asset_types"][0].update(generation={"loras": [{"path": "style.safetensors"}]})),
+                 ["asset_types.0.generation (asset type 'hero_tile')", "loras run on the local diffusers "
+                  "backend only", "backend 'http'"], id="asset-type-loras-on-http"),
 ]
 
 
@@ -121,3 +140,26 @@ def test_review_routing_per_asset_type_over_the_campaigns(tmp_path):
     old = load_spec(CAMPAIGNS / "spring_tiles.yaml").spec.approval
     assert old.for_asset_type("hero_tile").review == "human"
     assert old.model_copy(update={"required": False}).for_asset_type("hero_tile").review == "automated"
+
+
+def test_asset_type_generation_overrides_only_what_it_sets(tmp_path):
+    def two_asset_types(data):
+        hero = data["asset_types"][0]
+        hero["generation"] = {"model": "demo", "steps": 30, "width": 128, "height": 96,
+                              "loras": [{"path": "hero_style.safetensors", "weight": 0.7}]}
+        data["asset_types"].append({"name": "bulk_tile", "channels": ["web_tile"],
+                                    "generation": {"steps": 2, "scheduler": "euler"}})
+        data["asset_types"].append({"name": "plain_tile", "channels": ["web_tile"]})
+    spec = load_spec(_write_variant(tmp_path, two_asset_types)).spec
+    hero, bulk, plain = (spec.generation_for(n) for n in ("hero_tile", "bulk_tile", "plain_tile"))
+    assert (hero.model, hero.steps, hero.width, hero.height, hero.scheduler) == ("demo", 30, 128, 96, "ddim")
+    assert [(x.path, x.weight) for x in hero.loras] == [("hero_style.safetensors", 0.7)]
+    assert (bulk.model, bulk.steps, bulk.scheduler, bulk.width) == ("tiny", 2, "euler", 64)
+    assert plain == spec.generation  # no block: the campaign's, as before
+    # Campaign-wide fields stay the campaign's for every asset type.
+    assert {g.variants_per_task for g in (hero, bulk, plain)} == {spec.generation.variants_per_task}
+    assert [at.own_model for at in spec.asset_types] == [True, False, False]
+    # The body the catalog keeps says what the spec says (unset is not null) and loads again.
+    body = spec.model_dump(mode="json")
+    assert body["asset_types"][1]["generation"] == {"steps": 2, "scheduler": "euler"}
+    assert parse_spec(body) == spec

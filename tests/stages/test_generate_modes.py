@@ -165,5 +165,5 @@ def test_text_to_image_variant_ids_do_not_change(tmp_path, use_tiny_model):
     data["brand"]["restricted_terms_file"] = str(ROOT / "include/brand/restricted_terms.txt")
     data["products"] = {"source": "p.csv", "id_column": "sku"}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
-    params = prompts.pixel_params(load_spec(tmp_path / "s.yaml"))
+    params = prompts.pixel_params(load_spec(tmp_path / "s.yaml"), "hero_tile")
     assert params == {"width": 64, "height": 64, "steps": 4, "guidance": 7.5, "scheduler": "ddim"}

@@ -243,13 +243,16 @@ def record_qa(catalog: Catalog, asset_id: str, results, *, phash: str | None, st
 
 
 def recent_generate_seconds(catalog: Catalog, *, steps: int, width: int, height: int,
-                            limit: int = 200) -> list[float]:
-    """Seconds per image of the latest generations at this size and step count."""
+                            model_name: str | None = None, limit: int = 200) -> list[float]:
+    """Seconds per image of the latest generations at this size and step count (and with
+    this model, when given: a hero model and a fast one differ)."""
+    where = [Asset.steps == steps, Asset.width == width, Asset.height == height,
+             Asset.status != AssetStatus.failed]
+    if model_name is not None:
+        where.append(Asset.model_name == model_name)
     with catalog.session() as s:
         timings = list(s.scalars(
-            select(Asset.timings).where(Asset.steps == steps, Asset.width == width, Asset.height == height,
-                                        Asset.status != AssetStatus.failed)
-            .order_by(Asset.created_at.desc()).limit(limit)))
+            select(Asset.timings).where(*where).order_by(Asset.created_at.desc()).limit(limit)))
     return [t["generate_s"] for t in timings if t and t.get("generate_s")]
 
 

@@ -251,13 +251,18 @@ def update_summary(catalog: Catalog, run_pk: int, **values) -> dict:
         return dict(run.summary)
 
 
-def record_model(catalog: Catalog, run_pk: int, ref) -> None:
-    """The model version the run resolved (a ``ModelRef``): on the run, and its full record
-    (profile, base, checksum, LoRAs) in the summary for tracking."""
+def record_model(catalog: Catalog, run_pk: int, ref, asset_type: str, *, campaign_model: bool = True) -> None:
+    """The model version the run resolved for an asset type (a ``ModelRef``): its full record
+    (profile, base, checksum, LoRAs) in the summary's ``models`` for tracking and for pinning
+    it; the campaign's own model (``campaign_model``) also on the run itself."""
     with catalog.session() as s:
         run = s.get(Run, run_pk)
-        run.model_ref, run.model_version = ref.reference, ref.version
-        run.summary = {**(run.summary or {}), "model": ref.record()}
+        summary = dict(run.summary or {})
+        summary["models"] = {**summary.get("models", {}), asset_type: ref.record()}
+        if campaign_model:
+            run.model_ref, run.model_version = ref.reference, ref.version
+            summary["model"] = ref.record()
+        run.summary = summary
 
 
 def record_validation(catalog: Catalog, run_pk: int, report) -> None:

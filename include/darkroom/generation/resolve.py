@@ -82,10 +82,11 @@ def effective_generation(g, ref: ModelRef):
     return g.model_copy(update=update) if update else g
 
 
-def for_campaign(loaded, settings: Settings, requested_version: str | None = None):
-    """The model a campaign run uses: ``generation.model`` resolved, the spec's LoRAs on top,
-    and the generation block with the profile's defaults. Returns ``(ref, generation)``."""
-    g = loaded.spec.generation
+def for_asset_type(loaded, asset_type: str, settings: Settings, requested_version: str | None = None):
+    """The model one asset type's variants are drawn with: its ``generation.model`` (the
+    campaign's unless the asset type sets its own) resolved, its LoRAs on top, and its
+    generation block with the profile's defaults. Returns ``(ref, generation)``."""
+    g = loaded.spec.generation_for(asset_type)
     ref = resolve_model(g.model, g.revision, settings, requested_version)
     ref = ref.with_spec_loras(g.loras, loaded.resolve)
     return ref, effective_generation(g, ref)

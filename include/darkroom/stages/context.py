@@ -43,7 +43,7 @@ class RunContext:
     run_state: Callable[[str, str], str | None] | None = None
     _run_pk: int | None = field(default=None, repr=False)
     _attempt: int = field(default=0, repr=False)
-    _model: tuple | None = field(default=None, repr=False)
+    _models: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, spec_path: str | Path, dag_id: str, run_id: str, conf: dict | None = None,
@@ -96,19 +96,30 @@ class RunContext:
         self._run_pk = run_pk
         self._attempt = runs.get(self.catalog, run_pk).attempt
 
-    def model(self, *, pinned: bool = True):
-        """``(ModelRef, generation)``: the model this run draws with, resolved once per task:
-        the ``model_version`` Param, else (``pinned``) the version the run recorded (an alias
-        resolves once per run: validate_inputs, which passes ``pinned=False``, records it),
-        else the spec's model. :raises ModelError: it cannot be resolved."""
-        if self._model is None:
+    def model(self, asset_type: str, *, pinned: bool = True):
+        """``(ModelRef, generation)``: the model this run draws an asset type's variants with,
+        resolved once per task. For the campaign's ``generation.model``: the ``model_version``
+        Param, else (``pinned``) the version the run recorded (an alias resolves once per run:
+        validate_inputs, which passes ``pinned=False``, records it), else the spec's model. An
+        asset type with a model of its own: the version the run recorded for it (``pinned``),
+        else its model. :raises ModelError: it cannot be resolved."""
+        if asset_type not in self._models:
             from darkroom.generation import resolve  # profiles import MLflow: only when asked
 
-            requested = self.conf.model_version
-            if requested is None and pinned:
-                requested = runs.get(self.catalog, self.run_pk).model_version
-            self._model = resolve.for_campaign(self.loaded, self.settings, requested)
-        return self._model
+            if self.spec.asset_type(asset_type).own_model:
+                recorded = runs.get(self.catalog, self.run_pk).summary.get("models", {})
+                requested = (recorded.get(asset_type) or {}).get("version") if pinned else None
+            else:
+                requested = self.conf.model_version
+                if requested is None and pinned:
+                    requested = runs.get(self.catalog, self.run_pk).model_version
+            self._models[asset_type] = resolve.for_asset_type(self.loaded, asset_type, self.settings,
+                                                              requested)
+        return self._models[asset_type]
+
+    def models(self, *, pinned: bool = True) -> dict:
+        """Asset type -> ``(ModelRef, generation)``, for every asset type of the campaign."""
+        return {at.name: self.model(at.name, pinned=pinned) for at in self.spec.asset_types}
 
     def alive(self, run_pk: int) -> bool:
         """Whether the run ``run_pk`` may still work on what it claimed: not superseded by a

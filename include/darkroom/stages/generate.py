@@ -34,32 +34,61 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
         spec's routing picks.
     :param progress: called with 1 for each image written.
     """
-    # 1. Resolve the model to a concrete version (recorded on the run and every asset).
-    ref, g = ctx.model()
-    runs.record_model(ctx.catalog, ctx.run_pk, ref)
-    # 2. Draw what this run claimed and has no image of yet (retries, re-runs and refreshes
-    #    skip the rest; another run still working on a variant keeps it).
+    # 1. What this run claimed in the batch, and the model each asset type draws with,
+    #    resolved to a concrete version (recorded on the run and every asset). The plan keeps
+    #    asset types of different models or sizes in batches of their own.
     planned = runs.planned(ctx.catalog, ctx.run_pk, batch)
+    models = {}
+    for at in dict.fromkeys(v.asset_type for v, _ in planned):
+        models[at] = ctx.model(at)
+        runs.record_model(ctx.catalog, ctx.run_pk, models[at][0], at,
+                          campaign_model=not ctx.spec.asset_type(at).own_model)
+    # 2. Draw what has no image yet (retries, re-runs and refreshes skip the rest; another run
+    #    still working on a variant keeps it).
     variants = [v for v, _ in planned]
-    asset_ids = {v.id: ids.asset_id(v.id, ref.identity) for v in variants}
+    asset_ids = {v.id: ids.asset_id(v.id, models[v.asset_type][0].identity) for v in variants}
     share = assets.claim(ctx.catalog, ctx.run_pk, {asset_ids[v.id]: v.id for v in variants}, ctx.alive)
     done = assets.generated_ids(ctx.catalog, share.mine)
     todo = [v for v in variants if asset_ids[v.id] in share.mine and asset_ids[v.id] not in done]
     counts = Counter(skipped=len(variants) - len(todo))
-    log.info("Batch %d: %d variants, %d already generated with model %s@%s, %d drawn by other "
-             "running runs, %d to generate", batch, len(variants), len(done | share.reused), ref.name,
-             ref.version, len(share.held), len(todo))
-    if not todo:
+    log.info("Batch %d: %d variants, %d already generated with model(s) %s, %d drawn by other "
+             "running runs, %d to generate", batch, len(variants), len(done | share.reused),
+             ", ".join(sorted({f"{ref.name}@{ref.version}" for ref, _ in models.values()})),
+             len(share.held), len(todo))
+    seconds, used = 0.0, []
+    for at, (ref, g) in models.items():
+        mine = [v for v in todo if v.asset_type == at]
+        if not mine:
+            continue
+        # 3. The backend routing chose for these variants when the run was planned.
+        drawing = backend or backend_for_todo(ctx, planned, mine, ref, g)
+        if drawing not in used:  # peak memory from this task's first pass on it
+            used.append(drawing)
+            reset = getattr(drawing, "reset_peak_memory", None)
+            if reset is not None:
+                reset()
+        seconds += draw(ctx, mine, asset_ids, ref, g, drawing, counts, batch, progress)
+    if not used:
         return {"batch": batch, **counts}
-    # 3. The backends routing chose for each variant when the run was planned.
-    if backend is None:
-        todo_ids = {v.id for v in todo}
-        routes = {v.id: chosen or planned_route(ctx, v) for v, chosen in planned if v.id in todo_ids}
-        backend = routing.backend_for_batch(routes, ref, ctx.settings, g, ctx.loaded.resolve)
+    # 6. What this task ran on, measured here, on the worker that ran it.
+    use = device_use(used[-1])
+    runs.record_device_use(ctx.catalog, ctx.run_pk, batch=batch, stage="generate", worker=ctx.worker,
+                           use=use, images=counts["generated"], seconds=round(seconds, 4))
+    log.info("Batch %d: generated %d, skipped %d, failed %d on %s (%s), %.1f s in model passes",
+             batch, counts["generated"], counts["skipped"], counts["failed"], use.device, ctx.worker, seconds)
+    return {"batch": batch, **counts}
+
+
+def backend_for_todo(ctx: RunContext, planned: list, todo: list[Variant], ref, g):
+    todo_ids = {v.id for v in todo}
+    routes = {v.id: chosen or planned_route(ctx, v) for v, chosen in planned if v.id in todo_ids}
+    return routing.backend_for_batch(routes, ref, ctx.settings, g, ctx.loaded.resolve)
+
+
+def draw(ctx: RunContext, todo: list[Variant], asset_ids: dict, ref, g, backend, counts: Counter,
+         batch: int, progress) -> float:
+    """Draw the variants of one asset type with its model; return the seconds in model passes."""
     sampler = backend.sampler_name(g.scheduler)
-    reset = getattr(backend, "reset_peak_memory", None)
-    if reset is not None:
-        reset()
     # 4. Batched inference, g.batch_size images per forward pass (a short last pass is padded:
     #    the pass size, not its company, decides a variant's pixels).
     seconds = 0.0
@@ -103,13 +132,7 @@ def run(ctx: RunContext, batch: int, backend=None, progress=None) -> dict:
             counts["generated"] += 1
             if progress:
                 progress(1)
-    # 6. What this task ran on, measured here, on the worker that ran it.
-    use = device_use(backend)
-    runs.record_device_use(ctx.catalog, ctx.run_pk, batch=batch, stage="generate", worker=ctx.worker,
-                           use=use, images=counts["generated"], seconds=round(seconds, 4))
-    log.info("Batch %d: generated %d, skipped %d, failed %d on %s (%s), %.1f s in model passes",
-             batch, counts["generated"], counts["skipped"], counts["failed"], use.device, ctx.worker, seconds)
-    return {"batch": batch, **counts}
+    return seconds
 
 
 def planned_route(ctx: RunContext, v: Variant) -> str:

@@ -25,6 +25,7 @@ from darkroom.config import PROJECT_ROOT
 from darkroom.errors import ModelFilesMissing, PolicyError, ValidationFailed
 from darkroom.generation import routing
 from darkroom.products import iter_rows
+from darkroom.spec import ASSET_TYPE_GENERATION
 from darkroom.stages.context import RunContext
 from darkroom.storage import read_uri, sha256_bytes
 
@@ -45,23 +46,28 @@ def run(ctx: RunContext) -> list[int]:
         wanted=set(ctx.conf.variants) if ctx.conf.variants else None)
     # 2. Policy: a restricted term rejects that variant only, naming the term and its field.
     allowed, rejected, terms = apply_policy(ctx, variants)
-    # 3. Batches: never more mapped tasks than the spec's ceiling.
+    # 3. Batches: never more mapped tasks than the spec's ceiling, and asset types drawn with
+    #    different models or sizes in batches of their own (one pipeline per generate task).
     g = ctx.spec.generation
-    batches = prompts.chunk(allowed, g.variants_per_task, g.max_mapped_tasks)
+    drawn_with = {at.name: json.dumps(ctx.spec.generation_for(at.name).model_dump(
+        mode="json", include=set(ASSET_TYPE_GENERATION)), sort_keys=True) for at in ctx.spec.asset_types}
+    batches = prompts.chunk(allowed, g.variants_per_task, g.max_mapped_tasks,
+                            key=lambda v: drawn_with[v.asset_type])
     # 4. Routing: each variant's backend, from its facts (product columns when rules ask).
     routes = routing.routes_for(ctx.spec, allowed, routing_rows(ctx, frame, allowed))
     # 5. Store new variants and the run's plan, in bulk.
     new = runs.store_plan(ctx.catalog, ctx.run_pk, ctx.spec.id, variants, batches, rejected, routes)
     new_allowed = sum(1 for v in allowed if v.id in new)
     # 6. Claim what this run draws (a dry run only looks): its own, what unfinished runs left.
-    share = claim(ctx, [v.id for v in allowed], reserve=not ctx.conf.dry_run)
-    # 7. The plan as text (estimated GPU time and cost) and the run's summary.
-    size = len(batches[0]) if batches else 0
-    text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), new=share.to_generate,
-                     size=size, detail=share.describe())
+    share = claim(ctx, allowed, reserve=not ctx.conf.dry_run)
+    # 7. The plan as text (estimated GPU time and cost, per asset type) and the run's summary.
+    size = max(map(len, batches), default=0)
+    per_type = estimates(ctx, share.by_asset_type)
+    text = plan_text(ctx, len(allowed), len(batches), rejected=len(rejected), size=size,
+                     detail=share.describe(), estimate=per_type)
     runs.update_summary(ctx.catalog, ctx.run_pk, planned=len(allowed), policy_rejected=len(rejected),
                         policy_terms=dict(terms), new_variants=new_allowed, batches=len(batches),
-                        plan=text, **share.summary())
+                        plan=text, estimate=per_type, **share.summary())
     log.info("Planned %d variants (%d new; %s; %d rejected by policy) in %d batches of up to %d",
              len(allowed), new_allowed, share.describe(), len(rejected), len(batches), size)
     if ctx.conf.dry_run:
@@ -80,6 +86,7 @@ class Share:
     held: dict[str, int] = field(default_factory=dict)  # run id -> variants it still works on
     reused: int = 0  # settled by earlier runs: not drawn, checked or published again
     unresolved: bool = False  # the model is not visible here: generate claims on the GPU worker
+    by_asset_type: dict[str, int] = field(default_factory=dict)  # asset type -> to generate
 
     def summary(self) -> dict:
         return {"to_generate": self.to_generate, "already_made": self.made, "adopted": self.adopted,
@@ -100,21 +107,25 @@ class Share:
         return ", ".join(parts)
 
 
-def claim(ctx: RunContext, variant_ids: list[str], *, reserve: bool = True) -> Share:
-    """Claim the assets of ``variant_ids`` at this run's model (catalog.assets.claim): what
-    is left to draw, what this run made before, adopted, reused, or another run still has."""
+def claim(ctx: RunContext, variants: list, *, reserve: bool = True) -> Share:
+    """Claim the assets of ``variants`` at the models of their asset types (catalog.assets.claim):
+    what is left to draw, what this run made before, adopted, reused, or another run still has."""
+    by_type = Counter(v.asset_type for v in variants)
     try:
-        ref, _ = ctx.model()
+        refs = {at: ctx.model(at)[0] for at in by_type}
     except ModelFilesMissing:  # a CPU worker without the model's folder: generate claims
-        return Share(to_generate=len(variant_ids), unresolved=True)
-    wanted = {ids.asset_id(v, ref.identity): v for v in variant_ids}
-    got = assets.claim(ctx.catalog, ctx.run_pk, wanted, ctx.alive, reserve=reserve)
+        return Share(to_generate=len(variants), unresolved=True, by_asset_type=dict(by_type))
+    wanted = {ids.asset_id(v.id, refs[v.asset_type].identity): v for v in variants}
+    got = assets.claim(ctx.catalog, ctx.run_pk, {a: v.id for a, v in wanted.items()}, ctx.alive,
+                       reserve=reserve)
     made = assets.generated_ids(ctx.catalog, got.mine)
     held: Counter = Counter()
     for owner in got.held.values():
         held[runs.get(ctx.catalog, owner).run_id] += 1
+    to_generate = Counter(wanted[a].asset_type for a in got.mine - made)
     return Share(to_generate=len(got.mine - made), made=len(made - got.adopted),
-                 adopted=len(got.adopted), held=dict(held), reused=len(got.reused))
+                 adopted=len(got.adopted), held=dict(held), reused=len(got.reused),
+                 by_asset_type={at: to_generate[at] for at in by_type})
 
 
 def input_images(ctx: RunContext, row: dict) -> dict:
@@ -186,12 +197,12 @@ def apply_policy(ctx: RunContext, variants: list) -> tuple[list, list, Counter]:
     return allowed, rejected, terms
 
 
-def seconds_per_image(ctx: RunContext) -> tuple[float | None, str]:
-    """Seconds per image at this spec's size and steps: recorded generations in the catalog
-    first (the same work on the same kind of worker), else docs/bench/generate.json scaled by
-    steps and pixels, else unknown."""
-    g = ctx.spec.generation
-    values = assets.recent_generate_seconds(ctx.catalog, steps=g.steps, width=g.width, height=g.height)
+def seconds_per_image(ctx: RunContext, g, model_name: str | None = None) -> tuple[float | None, str]:
+    """Seconds per image at a generation's size and steps: recorded generations in the catalog
+    first (the same work with the same model on the same kind of worker), else
+    docs/bench/generate.json scaled by steps and pixels, else unknown."""
+    values = assets.recent_generate_seconds(ctx.catalog, steps=g.steps, width=g.width, height=g.height,
+                                            model_name=model_name)
     if values:
         return statistics.median(values), (f"median of the last {len(values)} recorded generations at "
                                            f"{g.width}x{g.height}, {g.steps} steps")
@@ -208,29 +219,63 @@ def seconds_per_image(ctx: RunContext) -> tuple[float | None, str]:
         return None, "no measured throughput yet: run `darkroom bench generate` or one real run"
 
 
-def plan_text(ctx: RunContext, n: int, batches: int, *, rejected: int = 0, new: int | None = None,
-              size: int = 0, detail: str | None = None) -> str:
-    """The dry-run plan: variants, batches, derivatives, estimated GPU time and cost.
-    ``detail``: what of the ``n`` this run draws and who has the rest (Share.describe)."""
+def estimates(ctx: RunContext, to_generate: dict[str, int]) -> dict[str, dict]:
+    """Asset type -> what its variants to generate are drawn with and their estimated GPU time
+    and cost: each asset type at its own model, size and steps."""
+    price = ctx.settings.gpu_price(ctx.spec.generation.cost_per_gpu_hour)
+    out = {}
+    for at, n in to_generate.items():
+        g = ctx.spec.generation_for(at)
+        try:
+            name = ctx.model(at)[0].name
+        except ModelFilesMissing:  # the GPU worker resolves it: timings of any model at this size
+            name = None
+        spi, source = seconds_per_image(ctx, g, name)
+        seconds = None if spi is None else n * spi
+        out[at] = {"to_generate": n, "model": g.model, "width": g.width, "height": g.height,
+                   "steps": g.steps, "seconds_per_image": spi, "source": source, "gpu_seconds": seconds,
+                   "cost": None if seconds is None else seconds / 3600 * price}
+    return out
+
+
+def plan_text(ctx: RunContext, n: int, batches: int, *, rejected: int = 0, size: int = 0,
+              detail: str = "", estimate: dict[str, dict]) -> str:
+    """The dry-run plan: variants, batches, derivatives, estimated GPU time and cost (per asset
+    type when there are several). ``detail``: what of the ``n`` this run draws and who has the
+    rest (Share.describe); ``estimate``: from :func:`estimates`."""
     g = ctx.spec.generation
-    new = n if new is None else new
-    detail = detail or f"{new} to generate, {n - new} already generated"
     per_variant = {at.name: len(at.channels) for at in ctx.spec.asset_types}
+    drawn = {f"{e['width']}x{e['height']}, {e['steps']} steps" for e in estimate.values()}
+    if len(drawn) > 1 or len({e["model"] for e in estimate.values()}) > 1:
+        drawn = {"; ".join(f"{at}: {e['model']} at {e['width']}x{e['height']}, {e['steps']} steps"
+                           for at, e in estimate.items())}
     lines = [
         f"Plan for {ctx.spec.id}: {n} variants ({detail}; "
         f"{rejected} rejected by policy), {batches} mapped task(s) per stage of up to {size} "
-        f"variants (ceiling {g.max_mapped_tasks}); {g.width}x{g.height}, {g.steps} steps; "
+        f"variants (ceiling {g.max_mapped_tasks}); {', '.join(sorted(drawn)) or f'{g.width}x{g.height}'}; "
         f"channels: {', '.join(ctx.spec.channels)} (up to {n * max(per_variant.values())} derivatives)",
     ]
-    spi, source = seconds_per_image(ctx)
-    if spi is None:
-        lines.append(f"Estimated GPU time: unknown ({source})")
-    else:
-        hours = new * spi / 3600
-        price = ctx.settings.gpu_price(g.cost_per_gpu_hour)
-        where = ("generation.cost_per_gpu_hour" if g.cost_per_gpu_hour is not None
-                 else "DARKROOM_GPU_HOURLY_COST; a campaign sets its own with generation.cost_per_gpu_hour")
-        lines.append(f"Estimated GPU time for the {new} variants to generate: {hours * 3600:.1f} s "
-                     f"({hours:.3f} GPU-hours at {spi:.3f} s/image, from {source}); "
-                     f"cost {hours * price:.2f} at {price} per GPU-hour ({where})")
+    new = sum(e["to_generate"] for e in estimate.values())
+    unknown = [e for e in estimate.values() if e["gpu_seconds"] is None and e["to_generate"]]
+    if unknown:
+        lines.append(f"Estimated GPU time: unknown ({unknown[0]['source']})")
+        return "\n".join(lines)
+    seconds = sum(e["gpu_seconds"] or 0.0 for e in estimate.values())
+    price = ctx.settings.gpu_price(g.cost_per_gpu_hour)
+    where = ("generation.cost_per_gpu_hour" if g.cost_per_gpu_hour is not None
+             else "DARKROOM_GPU_HOURLY_COST; a campaign sets its own with generation.cost_per_gpu_hour")
+    if len(estimate) == 1:
+        (e,) = estimate.values()
+        lines.append(f"Estimated GPU time for the {new} variants to generate: {seconds:.1f} s "
+                     f"({seconds / 3600:.3f} GPU-hours at {e['seconds_per_image'] or 0:.3f} s/image, from "
+                     f"{e['source']}); cost {seconds / 3600 * price:.2f} at {price} per GPU-hour ({where})")
+        return "\n".join(lines)
+    lines.append(f"Estimated GPU time for the {new} variants to generate: {seconds:.1f} s "
+                 f"({seconds / 3600:.3f} GPU-hours); cost {seconds / 3600 * price:.2f} at {price} "
+                 f"per GPU-hour ({where}), by asset type:")
+    for at, e in estimate.items():
+        lines.append(f"  {at}: {e['to_generate']} with {e['model']} at {e['width']}x{e['height']}, "
+                     f"{e['steps']} steps: {e['gpu_seconds'] or 0:.1f} s at "
+                     f"{e['seconds_per_image'] or 0:.3f} s/image (from {e['source']}), "
+                     f"cost {e['cost'] or 0:.2f}")
     return "\n".join(lines)

@@ -90,8 +90,8 @@ def duplicate_index(ctx: RunContext, rubrics, *, exclude: set[str]) -> qa.HashIn
 
 def jobs(ctx: RunContext, todo: list[Asset], rubrics: dict):
     """process_map jobs, read lazily: at most ``inflight`` originals are in memory at once."""
-    g = ctx.spec.generation
     for a in todo:
+        g = ctx.spec.generation_for(a.variant.asset_type)  # the size this asset type is drawn at
         try:
             data = read_uri(a.uri, s3_client=ctx.s3)
         except Exception as exc:
@@ -102,8 +102,9 @@ def jobs(ctx: RunContext, todo: list[Asset], rubrics: dict):
 
 
 def workers(ctx: RunContext, n: int) -> int:
-    g = ctx.spec.generation
-    return pool_size(n, g.width * g.height, ctx.spec.qa.workers or default_workers())
+    pixels = max(ctx.spec.generation_for(at.name).width * ctx.spec.generation_for(at.name).height
+                 for at in ctx.spec.asset_types)
+    return pool_size(n, pixels, ctx.spec.qa.workers or default_workers())
 
 
 def plan_regenerations(ctx: RunContext, batch: int, failed_variant_ids: list[str]) -> list[str]:

@@ -135,7 +135,31 @@ def run_params(ctx: RunContext, run_ref: runs.RunRef, run_assets: list[Asset]) -
         "seeds_per_variant": g.seeds_per_variant,
         "batch_size": g.batch_size,
         "conf": json.dumps(ctx.conf.as_conf(), default=str)[:6000],
+        **asset_type_params(ctx, run_ref, run_assets),
     }
+
+
+def asset_type_params(ctx: RunContext, run_ref: runs.RunRef, run_assets: list[Asset]) -> dict:
+    """``<asset type>.model``, ``.model_version``, ``.size``... for each asset type, when some
+    asset type draws with a generation of its own (the campaign-wide params above then tell
+    only the campaign's): from the model records generate left and the assets it made."""
+    if not any(at.generation for at in ctx.spec.asset_types):
+        return {}
+    models = run_ref.summary.get("models") or {}
+    out = {}
+    for at in ctx.spec.asset_types:
+        g, model = ctx.spec.generation_for(at.name), models.get(at.name) or {}
+        first = next((a for a in run_assets if a.uri and a.variant.asset_type == at.name), None)
+        out.update({
+            f"{at.name}.model": g.model, f"{at.name}.model_version": model.get("version", ""),
+            f"{at.name}.model_profile": model.get("profile", ""),
+            f"{at.name}.loras": json.dumps(model.get("loras", [])),
+            f"{at.name}.scheduler": first.scheduler if first else g.scheduler,
+            f"{at.name}.steps": first.steps if first else g.steps,
+            f"{at.name}.guidance": first.guidance if first else g.guidance,
+            f"{at.name}.size": f"{g.width}x{g.height}",
+        })
+    return out
 
 
 def run_metrics(ctx: RunContext, run_assets: list[Asset], summary: dict, used: list) -> dict:

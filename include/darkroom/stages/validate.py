@@ -24,12 +24,13 @@ def run(ctx: RunContext) -> dict:
     """Validate the run's product data; return the report's summary."""
     # 1. The files the spec names, and where it publishes: refused now, before any GPU work.
     check_paths(ctx)
-    # 2. The model this run draws with (the model_version Param): resolved once, recorded. A
-    #    DAG run re-processed with another model or other Params starts a new attempt here.
-    ref = check_model(ctx)
-    ctx.start(ref.identity if ref else None)
-    if ref is not None:
-        runs.record_model(ctx.catalog, ctx.run_pk, ref)
+    # 2. The models this run draws with (the model_version Param; asset types' own models):
+    #    resolved once, recorded. A DAG run re-processed with another model or other Params
+    #    starts a new attempt here.
+    refs = check_models(ctx)
+    ctx.start(models_identity(refs) if refs else None)
+    for at in ctx.spec.asset_types if refs else ():
+        runs.record_model(ctx.catalog, ctx.run_pk, refs[at.name], at.name, campaign_model=not at.own_model)
     check_variants(ctx)
     # 3. Read the product rows from the spec's source.
     df = ctx.products_frame()
@@ -46,28 +47,52 @@ def run(ctx: RunContext) -> dict:
     return report.summary()
 
 
-def check_model(ctx: RunContext):
-    """The run's model resolved (``ModelRef``), or None when its files are not on this
-    worker (a CPU worker without the GPU workers' model folder: generate checks it there).
+def check_models(ctx: RunContext) -> dict | None:
+    """Asset type -> the model its variants are drawn with, resolved (``ModelRef``), or None
+    when a model's files are not on this worker (a CPU worker without the GPU workers' model
+    folder: generate checks it there).
 
-    :raises ModelError: the model_version Param, or the spec's model, names a version the
-        registry or the folder does not have; the message names the Param and the fix.
+    :raises ModelError: the model_version Param, or a model of the spec, names a version the
+        registry or the folder does not have; the message names the Param or field and the fix.
     """
-    try:
-        ref, _ = ctx.model(pinned=False)
-    except ModelFilesMissing as exc:
-        log.warning("The model's files are not on this worker (%s); generate checks them on the "
-                    "GPU worker", exc)
-        return None
-    except ModelError as exc:
-        if exc.retryable:
-            raise
-        version = ctx.conf.model_version
-        field = (f"Param `model_version` = {version!r}" if version
-                 else f"field `generation.model` = {ctx.spec.generation.model!r}")
-        raise ModelError(f"{ctx.loaded.path}: {field}: {exc}; nothing was generated") from None
-    log.info("Model: %s version %s", ref.name, ref.version)
-    return ref
+    if ctx.conf.model_version and all(at.own_model for at in ctx.spec.asset_types):
+        raise ParamsError(
+            f"{ctx.loaded.path}: Param `model_version` = {ctx.conf.model_version!r} names a version "
+            "of the campaign's generation.model, but every asset type draws with a model of its own "
+            "(asset_types[].generation.model); fix: leave model_version empty, or change the asset "
+            "types' models in the spec")
+    refs = {}
+    for i, at in enumerate(ctx.spec.asset_types):
+        try:
+            refs[at.name], _ = ctx.model(at.name, pinned=False)
+        except ModelFilesMissing as exc:
+            log.warning("The model's files are not on this worker (%s); generate checks them on the "
+                        "GPU worker", exc)
+            return None
+        except ModelError as exc:
+            if exc.retryable:
+                raise
+            version = ctx.conf.model_version
+            if at.own_model:
+                field = (f"field `asset_types.{i}.generation.model` = "
+                         f"{ctx.spec.generation_for(at.name).model!r}")
+            elif version:
+                field = f"Param `model_version` = {version!r}"
+            else:
+                field = f"field `generation.model` = {ctx.spec.generation.model!r}"
+            raise ModelError(f"{ctx.loaded.path}: {field}: {exc}; nothing was generated") from None
+        log.info("Model of asset type %s: %s version %s", at.name, refs[at.name].name,
+                 refs[at.name].version)
+    return refs
+
+
+def models_identity(refs: dict) -> str:
+    """The identity a run's attempt is compared by: its one model's, or when asset types draw
+    with different models, each asset type's."""
+    identities = {at: ref.identity for at, ref in refs.items()}
+    if len(set(identities.values())) == 1:
+        return next(iter(identities.values()))
+    return ",".join(f"{at}={identity}" for at, identity in sorted(identities.items()))
 
 
 def check_variants(ctx: RunContext) -> None:
