@@ -254,7 +254,8 @@ def _references(cat: Catalog, run: runs.RunRef, asset_type: str, check: str):
 
 def with_brand_references(cat: Catalog, run: runs.RunRef, assets: list[dict]) -> None:
     """``brand_references`` on each asset a brand check failed or doubted: the reference images
-    it was compared with (names; ``nearest``: the one the check's detail names)."""
+    it was compared with (names, at most 6, the ``nearest`` first: the one the check's detail
+    names)."""
     found: dict[tuple[str, str], list] = {}
     for a in assets:
         a["brand_references"] = []
@@ -263,9 +264,9 @@ def with_brand_references(cat: Catalog, run: runs.RunRef, assets: list[dict]) ->
                 key = (a["asset_type"], q["check"])
                 if key not in found:
                     found[key] = [p.name for p in _references(cat, run, *key)]
-                names = found[key][:6]
-                nearest = next((n for n in names if n in (q["detail"] or "")), None)
-                a["brand_references"].append({"check": q["check"], "names": names, "nearest": nearest})
+                nearest = next((n for n in found[key] if n in (q["detail"] or "")), None)
+                names = ([nearest] if nearest else []) + [n for n in found[key] if n != nearest]
+                a["brand_references"].append({"check": q["check"], "names": names[:6], "nearest": nearest})
 
 
 # -- JSON API ---------------------------------------------------------------------------

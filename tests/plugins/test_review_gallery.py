@@ -515,5 +515,9 @@ def test_compare_where_judgment_happens(server, filled):
     shown = json.loads(server.request("GET", f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/assets")[2])
     mine = {r["asset_id"]: r for r in shown["assets"]}
     assert mine["newversion0"]["previous"]["asset_id"] == old
-    assert mine[doubted]["brand_references"] == [{"check": "brand_palette", "names": ["studio_1.png", "studio_2.png"],
-                                                  "nearest": "studio_2.png"}]
+    from darkroom.config import BRAND_DIR
+
+    (refs,) = mine[doubted]["brand_references"]
+    folder = sorted(p.name for p in (BRAND_DIR / "references").glob("*.png"))
+    assert (refs["check"], refs["nearest"], refs["names"][0]) == ("brand_palette", "studio_2.png", "studio_2.png")
+    assert refs["names"][1:] == [n for n in folder if n != "studio_2.png"][:5]
