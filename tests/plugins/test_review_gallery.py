@@ -53,11 +53,23 @@ def test_plugin_is_listed_with_its_nav_entry(server):
     "/darkroom/api/runs",
     "ASSET",
     "FILE",
+    "THUMBNAIL",
+    "BRAND",
 ])
 def test_every_read_needs_a_user(server, filled, path):
     path = (path.replace("GALLERY", _gallery(filled))
             .replace("ASSET", f"/darkroom/api/assets/{filled.asset_ids[0]}")
-            .replace("FILE", f"/darkroom/files/asset/{filled.asset_ids[0]}/original"))
+            .replace("FILE", f"/darkroom/files/asset/{filled.asset_ids[0]}/original")
+            .replace("THUMBNAIL", f"/darkroom/files/thumbnail/{filled.asset_ids[0]}"))
+    if path == "BRAND":  # a reference beside a brand check in doubt
+        from darkroom.catalog.tables import QAResult
+
+        with Catalog(filled.catalog_url).session() as s:
+            if s.scalar(select(QAResult).where(QAResult.asset_id == filled.asset_ids[4],
+                                               QAResult.check == "brand_hash")) is None:
+                s.add(QAResult(asset_id=filled.asset_ids[4], check="brand_hash", value=20.0, threshold=28.0,
+                               passed=True, status="borderline", detail="phash distance to studio_1.png 20"))
+        path = f"/darkroom/files/brand-reference/{filled.asset_ids[4]}/brand_hash/studio_1.png"
     assert server.request("GET", path, user=None)[0] == 401
     bad = {"Authorization": "Bearer not-a-token"}
     assert server.request("GET", path, user=None, headers=bad)[0] in (401, 403)
@@ -517,7 +529,7 @@ def test_compare_where_judgment_happens(server, filled):
     assert mine["newversion0"]["previous"]["asset_id"] == old
     from darkroom.config import BRAND_DIR
 
-    (refs,) = mine[doubted]["brand_references"]
+    refs = next(b for b in mine[doubted]["brand_references"] if b["check"] == "brand_palette")
     folder = sorted(p.name for p in (BRAND_DIR / "references").glob("*.png"))
-    assert (refs["check"], refs["nearest"], refs["names"][0]) == ("brand_palette", "studio_2.png", "studio_2.png")
+    assert (refs["nearest"], refs["names"][0]) == ("studio_2.png", "studio_2.png")
     assert refs["names"][1:] == [n for n in folder if n != "studio_2.png"][:5]
