@@ -11,7 +11,9 @@ import logging
 
 from darkroom import postprocess as recipes
 from darkroom.catalog import assets
-from darkroom.catalog.tables import REVIEWABLE, Asset
+from darkroom.catalog.tables import REVIEWABLE, Asset, AssetStatus
+from darkroom.errors import StorageError
+from darkroom.imaging import BadImage
 from darkroom.parallel import default_workers, pool_size, process_map
 from darkroom.stages import upscale
 from darkroom.stages.brand import brand_channels
@@ -46,6 +48,14 @@ def run(ctx: RunContext, batch: int) -> dict:
             made += 1
         store_thumbnail(ctx.catalog, ctx.storage, asset.id, ctx.key("thumbnails", f"{asset.variant_id}.webp"),
                         thumb)
+    # 3. The assets QA failed show in the gallery too, beside the versions regenerated from
+    #    them: their thumbnails now, so the gallery decodes no original of this run.
+    for a in assets.of_batch(ctx.catalog, ctx.run_pk, batch, (AssetStatus.qa_failed,)):
+        if a.uri and not a.thumbnail_uri:
+            try:
+                review_thumbnail(ctx.catalog, ctx.storage, a.id)
+            except (BadImage, StorageError) as exc:  # the gallery tries again on first request
+                log.warning("Postprocess: no thumbnail for asset %s: %s", a.id, exc)
     log.info("Postprocess batch %d: %d derivatives for %d assets, %d failed", batch, made, len(todo),
              failed)
     return {"batch": batch, "derivatives": made, "assets": len(todo), "failed": failed}
