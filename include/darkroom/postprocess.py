@@ -385,6 +385,26 @@ def render_all(original: bytes, channels: dict, *, locale: str | None = None,
             for name, ch in channels.items()]
 
 
+#: The review gallery's thumbnail: its long side, in pixels (WebP; not published anywhere).
+THUMBNAIL_PX = 256
+
+
+def thumbnail(original: bytes, size: int = THUMBNAIL_PX) -> bytes:
+    """The review gallery's thumbnail of an original: at most ``size`` px on the long side,
+    sRGB WebP. Same original, same bytes. It carries no provenance: it never leaves the
+    gallery, and the gallery names the asset it shows."""
+    img = to_srgb(imaging.decode(original))
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", quality=80, method=4)
+    return buf.getvalue()
+
+
+def render_for_review(original: bytes, channels: dict, **kwargs) -> tuple[list[Rendered], bytes]:
+    """:func:`render_all` and the gallery's :func:`thumbnail`, in one job of a process pool."""
+    return render_all(original, channels, **kwargs), thumbnail(original)
+
+
 # A mask that keeps (almost) nothing or (almost) everything is no cutout: the QA check
 # `cutout` holds the same line earlier, with the rubric's bounds.
 MIN_FOREGROUND, MAX_FOREGROUND = 0.01, 0.97

@@ -2,16 +2,25 @@
 
 Pages (HTML, Jinja2 with autoescape):
     GET  /review/                          runs the user may see, with how many assets wait
-    GET  /review/{dag_id}/{run_id}         the gallery of one run (?status=&channel=)
+    GET  /review/{dag_id}/{run_id}         the gallery of one run, a page at a time
 JSON API (the same operations, for scripts and chat-ops):
     GET  /api/runs
-    GET  /api/runs/{dag_id}/{run_id}/assets?status=&channel=
+    GET  /api/runs/{dag_id}/{run_id}/assets     a page: {assets, counts, total, position,
+                                                next_after, prev_before}
     GET  /api/assets/{asset_id}
     POST /api/assets/{asset_id}/{approve|reject}            {"note": "..."}
     POST /api/runs/{dag_id}/{run_id}/{approve|reject}       {"asset_ids": [...], "note": "..."}
     POST /api/verify                                        an image's bytes -> darkroom verify's answer
+The run's assets, in the gallery and the API, take the same query parameters: filters
+``status``, ``channel``, ``qa_failed`` (a check, or ``any``), ``product``, ``audit_sample``
+(yes/no), and the page: ``limit`` (default 100, at most 500) with ``after`` or ``before`` (an
+asset id: keyset pagination in the order assets were made, so decisions that take assets out
+of a status filter skip none, and assets of batches still running arrive on the last page).
 Writes need the ``X-Darkroom-CSRF: 1`` header and JSON bodies (see security.py).
 Files (only URIs the catalog records; the client names an asset and a kind, never a path):
+    GET  /files/thumbnail/{asset_id}       the 256 px review thumbnail (immutable, ETag)
+    GET  /files/brand-reference/{asset_id}/{check}/{name}   a reference image a brand check
+                                           compared the asset with (one the spec names)
     GET  /files/asset/{asset_id}/{original|<channel>}?w=256
     GET  /files/run/{dag_id}/{run_id}/contact-sheet
 
@@ -29,6 +38,7 @@ import io
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote, urlencode
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.api_fastapi.core_api.security import get_user
@@ -37,7 +47,9 @@ from darkroom.catalog.db import Catalog
 from darkroom.catalog.tables import AssetStatus
 from darkroom.config import Settings
 from darkroom.errors import ReviewError, StorageError
-from darkroom.storage import read_uri
+from darkroom.stages.brand import BRAND_CHECKS, reference_images
+from darkroom.stages.postprocess import review_thumbnail
+from darkroom.storage import Storage, open_storage, read_uri
 from darkroom_operators.hooks import DarkroomHook
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -88,6 +100,61 @@ def catalog() -> Catalog:
 
 
 CatalogDep = Annotated[Catalog, Depends(catalog)]
+
+
+@lru_cache(maxsize=4)
+def _storage_for(url: str, endpoint_url: str | None) -> Storage:
+    return open_storage(url, endpoint_url=endpoint_url)
+
+
+def storage() -> Storage:
+    """Where the tasks store files: thumbnails an older run lacks are made into it."""
+    settings = DarkroomHook().settings()
+    return _storage_for(settings.storage_url, settings.s3_endpoint_url)
+
+
+def _yes_no(value: str | None, name: str) -> bool | None:
+    word = (value or "").strip().lower()
+    if not word:
+        return None
+    if word in ("yes", "true", "1"):
+        return True
+    if word in ("no", "false", "0"):
+        return False
+    raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}={value!r}: use yes or no (or leave it out)")
+
+
+class PageQuery:
+    """The query parameters of a run's assets (gallery page and JSON API alike)."""
+
+    def __init__(self, status_filter: Annotated[str | None, Query(alias="status")] = None,
+                 channel: str | None = None, qa_failed: str | None = None, product: str | None = None,
+                 audit_sample: str | None = None, after: str | None = None, before: str | None = None,
+                 limit: Annotated[int, Query(ge=1, le=reviews.MAX_PAGE_SIZE)] = reviews.PAGE_SIZE,
+                 attempt: Annotated[int | None, Query(ge=0)] = None):
+        self.filters = reviews.GalleryFilters(
+            status=status_filter or None, channel=channel or None, qa_failed=qa_failed or None,
+            product=product or None, audit_sample=_yes_no(audit_sample, "audit_sample"))
+        self.after, self.before, self.limit, self.attempt = after or None, before or None, limit, attempt
+        # What a link to another page (or another status) keeps: the filters, the page size.
+        f = self.filters
+        self.kept = {k: v for k, v in {
+            "status": f.status, "channel": f.channel, "qa_failed": f.qa_failed, "product": f.product,
+            "audit_sample": {True: "yes", False: "no"}.get(f.audit_sample),
+            "limit": limit if limit != reviews.PAGE_SIZE else None, "attempt": attempt}.items()
+            if v is not None}
+
+    def url(self, **changes) -> str:
+        """This query with ``changes`` (a None drops the parameter), as ``?a=b``."""
+        q = {k: v for k, v in {**self.kept, **changes}.items() if v is not None}
+        return "?" + urlencode(q) if q else "?"
+
+    def page(self, cat: Catalog, run: runs.RunRef) -> reviews.GalleryPage:
+        return reviews.run_page(cat, run, self.filters, after=self.after, before=self.before,
+                                limit=self.limit)
+
+
+PageDep = Annotated[PageQuery, Depends()]
 
 
 @app.exception_handler(ReviewError)
@@ -158,26 +225,48 @@ def index_page(request: Request, user: User, cat: CatalogDep):
 
 @app.get("/review/{dag_id}/{run_id:path}", response_class=HTMLResponse)
 def gallery_page(request: Request, dag_id: str, run_id: str, user: User, cat: CatalogDep,
-                 status_filter: Annotated[str | None, Query(alias="status")] = None,
-                 channel: str | None = None,
-                 attempt: Annotated[int | None, Query(ge=0)] = None):
+                 query: PageDep):
     authorize_dag(user, dag_id, "GET")
-    run = _run_or_404(cat, dag_id, run_id, attempt)
-    everything = reviews.run_assets(cat, run)
-    channels = sorted({c for a in everything for c in a["channels"]})
-    assets = [a for a in everything
-              if (not status_filter or a["status"] == status_filter)
-              and (not channel or channel in a["channels"])]
-    counts: dict[str, int] = {}
-    for a in everything:
-        counts[a["status"]] = counts.get(a["status"], 0) + 1
+    run = _run_or_404(cat, dag_id, run_id, query.attempt)
+    page = query.page(cat, run)
+    with_brand_references(cat, run, page.assets)
+    last = page.assets[-1]["asset_id"] if page.assets else query.after
     return templates.TemplateResponse(request, "gallery.html", {
-        "run": run, "assets": assets, "channels": channels, "statuses": STATUSES,
-        "status_filter": status_filter or "", "channel": channel or "", "counts": counts,
-        "total": len(everything), "user": user.get_name(), "base": _base(request),
+        "run": run, "page": page, "assets": page.assets, "facets": reviews.run_facets(cat, run),
+        "statuses": STATUSES, "f": query.filters, "query": query, "limit": query.limit,
+        "page_size": reviews.PAGE_SIZE,
+        "next_url": query.url(after=page.next_after) if page.next_after else "",
+        "prev_url": query.url(before=page.prev_before) if page.prev_before else "",
+        # The last page asks every few seconds for assets of batches still running.
+        "newer_url": (f"{_base(request)}/api/runs/{quote(run.dag_id, safe='')}/{quote(run.run_id, safe='')}"
+                      f"/assets{query.url(after=last, limit=1)}" if not page.next_after else ""),
+        "newer_page": query.url(after=last),
+        "user": user.get_name(), "base": _base(request),
         "csrf_header": CSRF_HEADER, "decidable": {s.value for s in reviews.DECIDABLE},
         "open": reviews.open_for_decisions(cat, run),
         "airflow_state": airflow_states([(run.dag_id, run.run_id)]).get((run.dag_id, run.run_id))})
+
+
+def _references(cat: Catalog, run: runs.RunRef, asset_type: str, check: str):
+    body, path = reviews.campaign_spec(cat, run)
+    return reference_images(body, path, asset_type, check, DarkroomHook().settings()) if body else []
+
+
+def with_brand_references(cat: Catalog, run: runs.RunRef, assets: list[dict]) -> None:
+    """``brand_references`` on each asset a brand check failed or doubted: the reference images
+    it was compared with (names, at most 6, the ``nearest`` first: the one the check's detail
+    names)."""
+    found: dict[tuple[str, str], list] = {}
+    for a in assets:
+        a["brand_references"] = []
+        for q in a["qa"]:
+            if q["status"] in ("fail", "borderline") and q["check"] in BRAND_CHECKS:
+                key = (a["asset_type"], q["check"])
+                if key not in found:
+                    found[key] = [p.name for p in _references(cat, run, *key)]
+                nearest = next((n for n in found[key] if n in (q["detail"] or "")), None)
+                names = ([nearest] if nearest else []) + [n for n in found[key] if n != nearest]
+                a["brand_references"].append({"check": q["check"], "names": names[:6], "nearest": nearest})
 
 
 # -- JSON API ---------------------------------------------------------------------------
@@ -197,12 +286,13 @@ def api_runs(user: User, cat: CatalogDep) -> list[dict]:
 
 
 @app.get("/api/runs/{dag_id}/{run_id:path}/assets")
-def api_run_assets(dag_id: str, run_id: str, user: User, cat: CatalogDep,
-                   status_filter: Annotated[str | None, Query(alias="status")] = None,
-                   channel: str | None = None) -> list[dict]:
+def api_run_assets(dag_id: str, run_id: str, user: User, cat: CatalogDep, query: PageDep) -> dict:
     authorize_dag(user, dag_id, "GET")
-    return reviews.run_assets(cat, _run_or_404(cat, dag_id, run_id), status=status_filter,
-                             channel=channel)
+    run = _run_or_404(cat, dag_id, run_id, query.attempt)
+    page = query.page(cat, run)
+    with_brand_references(cat, run, page.assets)
+    return {"assets": page.assets, "counts": page.counts, "total": page.total,
+            "position": page.position, "next_after": page.next_after, "prev_before": page.prev_before}
 
 
 @app.get("/api/assets/{asset_id}")
@@ -282,6 +372,46 @@ def _image_response(uri: str, width: int | None) -> Response:
         img.convert("RGB").save(buf, format="WEBP", quality=80)
         data, media = buf.getvalue(), "image/webp"
     return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+#: A thumbnail's bytes never change (an asset's original never does): cache it for good.
+IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+@app.get("/files/thumbnail/{asset_id}")
+def asset_thumbnail(request: Request, asset_id: str, user: User, cat: CatalogDep,
+                    store: Annotated[Storage, Depends(storage)]) -> Response:
+    """The review thumbnail postprocess made (an older run's: made now, once, and stored).
+    Its sha256 is the ETag; a browser that has it gets 304 without a storage read."""
+    authorize_dag(user, reviews.asset_run(cat, asset_id).dag_id, "GET")
+    try:
+        uri, sha256 = review_thumbnail(cat, store, asset_id)
+    except (LookupError, StorageError) as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    headers = {"ETag": f'"{sha256}"', "Cache-Control": IMMUTABLE}
+    if headers["ETag"] in (t.strip() for t in request.headers.get("if-none-match", "").split(",")):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    try:
+        data = read_uri(uri, s3_client=getattr(store, "client", None))
+    except StorageError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    return Response(data, media_type="image/webp", headers=headers)
+
+
+@app.get("/files/brand-reference/{asset_id}/{check}/{name}")
+def brand_reference(asset_id: str, check: str, name: str, user: User, cat: CatalogDep) -> Response:
+    """A brand reference image, only one of those the asset's brand check reads (by name
+    from the folder the spec names: the client never gives a path)."""
+    run = reviews.asset_run(cat, asset_id)
+    authorize_dag(user, run.dag_id, "GET")
+    asset_type = reviews.show(cat, asset_id)["asset_type"]
+    path = next((p for p in _references(cat, run, asset_type, check) if p.name == name), None)
+    if path is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"{name!r} is no brand reference of check {check!r} for asset {asset_id!r}")
+    # Brand files can be replaced in place: cache for an hour, not for good.
+    return Response(path.read_bytes(), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 @app.get("/files/asset/{asset_id}/{kind}")

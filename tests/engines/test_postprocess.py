@@ -193,3 +193,15 @@ def test_example_campaign_channels_render(campaign):
         img = Image.open(io.BytesIO(d.data))
         assert img.size == (ch.width, ch.height) and d.format == ch.format
         assert imaging.read_provenance(d.data).darkroom["channel"] == d.channel
+
+
+def test_review_thumbnail_is_a_small_webp_and_the_same_bytes_each_time():
+    data = original((600, 300))
+    thumb = postprocess.thumbnail(data)
+    img = Image.open(io.BytesIO(thumb))
+    assert (img.format, img.size) == ("WEBP", (256, 128))
+    assert postprocess.thumbnail(data) == thumb
+    rendered, again = postprocess.render_for_review(data, {"web": Channel(width=64, height=64)})
+    assert again == thumb and [d.channel for d in rendered] == ["web"]
+    small = Image.open(io.BytesIO(postprocess.thumbnail(original((96, 64)))))
+    assert small.size == (96, 64)  # never enlarged

@@ -53,11 +53,23 @@ def test_plugin_is_listed_with_its_nav_entry(server):
     "/darkroom/api/runs",
     "ASSET",
     "FILE",
+    "THUMBNAIL",
+    "BRAND",
 ])
 def test_every_read_needs_a_user(server, filled, path):
     path = (path.replace("GALLERY", _gallery(filled))
             .replace("ASSET", f"/darkroom/api/assets/{filled.asset_ids[0]}")
-            .replace("FILE", f"/darkroom/files/asset/{filled.asset_ids[0]}/original"))
+            .replace("FILE", f"/darkroom/files/asset/{filled.asset_ids[0]}/original")
+            .replace("THUMBNAIL", f"/darkroom/files/thumbnail/{filled.asset_ids[0]}"))
+    if path == "BRAND":  # a reference beside a brand check in doubt
+        from darkroom.catalog.tables import QAResult
+
+        with Catalog(filled.catalog_url).session() as s:
+            if s.scalar(select(QAResult).where(QAResult.asset_id == filled.asset_ids[4],
+                                               QAResult.check == "brand_hash")) is None:
+                s.add(QAResult(asset_id=filled.asset_ids[4], check="brand_hash", value=20.0, threshold=28.0,
+                               passed=True, status="borderline", detail="phash distance to studio_1.png 20"))
+        path = f"/darkroom/files/brand-reference/{filled.asset_ids[4]}/brand_hash/studio_1.png"
     assert server.request("GET", path, user=None)[0] == 401
     bad = {"Authorization": "Bearer not-a-token"}
     assert server.request("GET", path, user=None, headers=bad)[0] in (401, 403)
@@ -219,16 +231,79 @@ def test_run_index_shows_airflows_state_of_each_run(server, filled):
             db.execute("DELETE FROM dag WHERE dag_id = ?", (filled.dag_id,))
 
 
-def test_json_api_lists_filters_and_shows(server, filled):
+def test_json_api_pages_filters_and_counts(server, filled):
     base = f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/assets"
-    code, _, body = server.request("GET", base)
+    code, _, body = server.request("GET", base + "?limit=4")
     assert code == 200, body
-    rows = json.loads(body)
-    assert {r["asset_id"] for r in rows} == set(filled.asset_ids)
-    assert all({"prompt", "seed", "model", "params", "qa", "channels"} <= r.keys() for r in rows)
-    only = json.loads(server.request("GET", base + "?channel=web_tile&status=qa_failed")[2])
-    assert all(r["status"] == "qa_failed" for r in only)
+    first = json.loads(body)
+    assert [r["asset_id"] for r in first["assets"]] == filled.asset_ids[:4]
+    assert all({"prompt", "seed", "model", "params", "qa", "channels"} <= r.keys() for r in first["assets"])
+    assert (first["total"], first["position"], first["prev_before"]) == (6, 0, None)
+    assert sum(first["counts"].values()) == 6 and first["counts"]["qa_failed"] == 1
+    second = json.loads(server.request("GET", f"{base}?limit=4&after={first['next_after']}")[2])
+    assert [r["asset_id"] for r in second["assets"]] == filled.asset_ids[4:]
+    assert (second["position"], second["next_after"], second["prev_before"]) == (4, None, filled.asset_ids[4])
+    only = json.loads(server.request("GET", base + "?channel=web_tile&status=qa_failed&qa_failed=blur")[2])
+    assert [r["asset_id"] for r in only["assets"]] == [filled.asset_ids[-1]] and only["total"] == 1
+    assert json.loads(server.request("GET", base + "?audit_sample=yes")[2])["assets"] == []
+    for bad in ("?status=aproved", "?audit_sample=maybe", "?after=nope", "?limit=0"):
+        code, _, body = server.request("GET", base + bad)
+        assert code in (400, 422), (bad, code, body)
     assert server.request("GET", f"/darkroom/api/runs/{filled.dag_id}/no-such-run/assets")[0] == 404
+
+
+def test_thumbnails_are_made_once_and_cached_for_good(server, filled):
+    """Postprocess made each thumbnail; the gallery serves it with its sha256 as ETag and an
+    immutable Cache-Control, and answers 304 to a browser that has it. An asset without one
+    (an older run) gets it made on the first request and stored: the next request is served
+    without the original (here: moved away)."""
+    import hashlib
+    import io
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from PIL import Image
+
+    made, lacking = filled.asset_ids[0], filled.asset_ids[2]
+    with Catalog(filled.catalog_url).session() as s:
+        sha = s.get(Asset, made).thumbnail_sha256
+        row = s.get(Asset, lacking)
+        row.thumbnail_uri = row.thumbnail_sha256 = None
+        original = Path(urlparse(row.uri).path)
+    assert sha
+    code, headers, data = server.request("GET", f"/darkroom/files/thumbnail/{made}")
+    assert code == 200 and headers["content-type"] == "image/webp"
+    assert headers["etag"] == f'"{sha}"' and hashlib.sha256(data).hexdigest() == sha
+    assert "immutable" in headers["cache-control"] and "max-age=31536000" in headers["cache-control"]
+    assert max(Image.open(io.BytesIO(data)).size) <= 256
+    code, headers, data = server.request("GET", f"/darkroom/files/thumbnail/{made}",
+                                         headers={"If-None-Match": f'"{sha}"'})
+    assert (code, data, headers["etag"]) == (304, b"", f'"{sha}"')
+
+    code, _, data = server.request("GET", f"/darkroom/files/thumbnail/{lacking}")
+    assert code == 200
+    with Catalog(filled.catalog_url).session() as s:
+        row = s.get(Asset, lacking)
+        assert row.thumbnail_sha256 == hashlib.sha256(data).hexdigest()
+        assert "/thumbnails/" in row.thumbnail_uri
+    moved = original.with_suffix(".moved")
+    original.rename(moved)
+    try:
+        code, _, again = server.request("GET", f"/darkroom/files/thumbnail/{lacking}")
+        assert (code, again) == (200, data)
+        assert server.request("GET", f"/darkroom/files/asset/{lacking}/original")[0] == 404  # it is gone
+    finally:
+        moved.rename(original)
+    assert server.request("GET", "/darkroom/files/thumbnail/nope")[0] == 404
+    assert server.request("GET", f"/darkroom/files/thumbnail/{made}", user=None)[0] == 401
+
+
+def test_gallery_pages_keep_the_filters(server, filled):
+    page = server.request("GET", _gallery(filled) + "?limit=4&channel=web_tile")[2].decode()
+    assert page.count('<article class="card') == 4 and "1–4 of 6" in page
+    assert 'rel="next"' in page and 'rel="prev"' not in page
+    assert f"?channel=web_tile&amp;limit=4&amp;after={filled.asset_ids[3]}" in page
+    assert f"/files/thumbnail/{filled.asset_ids[0]}" in page and "original?w=" not in page
 
 
 def test_files_come_only_from_catalog_uris(server, filled):
@@ -316,3 +391,145 @@ def test_reviewer_decides_by_clicking_in_headless_chromium(server, filled, tmp_p
     with ctx.catalog.session() as s:
         published = {p.derivative.asset_id for p in s.scalars(select(Publication))}
     assert published == approved
+
+
+REVIEW_RUN = "manual__2026-11-21T09:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def review_run(filled) -> list[str]:
+    """A second run of the same campaign holding 200 ``needs_review`` assets: two gallery
+    pages. Its rows are made here (200 drawn images would take minutes on this machine), each
+    pointing at one of the first run's real originals; none has a thumbnail yet, so the
+    gallery makes each once, as for a run from before thumbnails."""
+    from datetime import UTC, datetime, timedelta
+
+    from darkroom.catalog.tables import Run, Variant
+
+    with Catalog(filled.catalog_url).session() as s:
+        first = s.scalar(select(Run).where(Run.dag_id == filled.dag_id, Run.run_id == filled.run_id))
+        run = Run(campaign_id=first.campaign_id, dag_id=first.dag_id, run_id=REVIEW_RUN,
+                  spec_hash=first.spec_hash, conf={}, summary={})
+        s.add(run)
+        s.flush()
+        sources = [s.get(Asset, a) for a in filled.asset_ids[:-1]]
+        start = datetime(2026, 11, 21, 9, tzinfo=UTC)
+        ids = []
+        for i in range(200):
+            src = sources[i % len(sources)]
+            v = src.variant
+            s.add(Variant(id=f"rv{i:04d}", campaign_id=v.campaign_id, product_id=f"{v.product_id}-{i}",
+                          asset_type=v.asset_type, channels=v.channels, template_version=v.template_version,
+                          prompt=v.prompt, negative_prompt=v.negative_prompt, seed=1000 + i, params=v.params))
+            s.add(Asset(id=f"ra{i:04d}", variant_id=f"rv{i:04d}", run_pk=run.id, status=AssetStatus.needs_review,
+                        uri=src.uri, sha256=src.sha256, width=src.width, height=src.height, format=src.format,
+                        model_name=src.model_name, model_version=src.model_version, scheduler=src.scheduler,
+                        steps=src.steps, guidance=src.guidance, seed=1000 + i, backend=src.backend,
+                        created_at=start + timedelta(seconds=i)))
+            ids.append(f"ra{i:04d}")
+    return ids
+
+
+def test_reviewer_goes_through_two_pages_by_keyboard(server, filled, review_run):
+    """200 needs_review assets, 100 a page, filtered to needs_review: the reviewer decides each
+    with a or r (every tenth rejected) and the gallery moves on by itself, to the next page
+    after the first page's last card. Every asset gets exactly one decision (keyset pages skip
+    none although each decision takes its asset out of the filter). Prints decisions per minute
+    (docs/benchmarks.md); asserts no speed."""
+    import time
+    from urllib.parse import quote
+
+    from tests.conftest import unavailable
+    from tests.plugins.browser import Chromium
+    from tests.plugins.conftest import chromium_binary
+
+    binary = chromium_binary()
+    if binary is None:
+        unavailable("chromium is not installed (apt-get install chromium)")
+    url = f"{server.url}/darkroom/review/{quote(filled.dag_id)}/{quote(REVIEW_RUN, safe='')}?status=needs_review"
+    browser = Chromium(binary)
+
+    def settled(expression: str) -> None:
+        # A page change destroys the context an expression runs in: try again on the new page.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                browser.wait_for(expression, timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except RuntimeError:
+                time.sleep(0.05)
+
+    try:
+        browser.call("Network.setCookie", name="_token", value=server.tokens["admin"], url=server.url,
+                     httpOnly=True, sameSite="Lax")
+        browser.goto(url)
+        settled("document.querySelectorAll('article.card').length === 100")
+        assert "1–100 of 200" in browser.eval("document.querySelector('.pager .range').textContent")
+        settled("document.querySelector('article.card img').naturalWidth > 0")  # made on first request
+        started = time.monotonic()
+        for n in range(200):
+            i = n % 100
+            browser.key("r" if n % 10 == 9 else "a")
+            if i < 99:
+                settled(f"document.querySelectorAll('article.card')[{i}].dataset.status !== 'needs_review'")
+            elif n < 199:  # the page's last card: the gallery goes on to the next page
+                settled("location.search.includes('after=') && document.readyState === 'complete' && "
+                        "document.querySelectorAll('article.card').length === 100")
+            else:
+                settled("document.querySelectorAll('article.card')[99].dataset.status !== 'needs_review'")
+        elapsed = time.monotonic() - started
+        # The second page, as it loaded: the first page's 100 had left the filter.
+        assert browser.eval("document.querySelector('.pager .range').textContent") == "1–100 of 100"
+        assert "This is the last page" in browser.eval("document.getElementById('flash').textContent")
+    finally:
+        browser.close()
+    print(f"\nkeyboard review: 200 decisions over 2 pages in {elapsed:.1f} s = "
+          f"{200 / elapsed * 60:.0f} decisions per minute")
+    with Catalog(filled.catalog_url).session() as s:
+        rows = list(s.scalars(select(Review).where(Review.asset_id.in_(review_run))))
+        statuses = {a: s.get(Asset, a).status for a in review_run}
+    assert sorted(r.asset_id for r in rows) == review_run  # one decision each, none skipped
+    assert all(r.reviewer == "admin" for r in rows)
+    assert [a for a, st in statuses.items() if st == AssetStatus.rejected] == review_run[9::10]
+    assert all(st == AssetStatus.approved for a, st in statuses.items() if a not in review_run[9::10])
+
+
+def test_compare_where_judgment_happens(server, filled):
+    """A new version beside the one it superseded, the brand references beside a brand
+    check in doubt (the nearest marked), and the values and thresholds that put an asset in
+    the review band."""
+    from darkroom.catalog.tables import QAResult
+
+    old, doubted = filled.asset_ids[0], filled.asset_ids[4]
+    with Catalog(filled.catalog_url).session() as s:
+        src = s.get(Asset, old)
+        s.add(Asset(id="newversion0", variant_id=src.variant_id, version=2, supersedes_id=old, run_pk=src.run_pk,
+                    status=AssetStatus.needs_review, uri=src.uri, sha256=src.sha256, width=src.width,
+                    height=src.height, format=src.format, model_name=src.model_name, model_version="v2",
+                    scheduler=src.scheduler, steps=src.steps, guidance=src.guidance, seed=src.seed,
+                    backend=src.backend))
+        s.add(QAResult(asset_id=doubted, check="brand_palette", value=55.0, threshold=60.0, passed=True,
+                       status="borderline", detail="palette distance to studio_2.png 55 <= 60 (within review band 10)"))
+    page = server.request("GET", _gallery(filled))[2].decode()
+    assert f'data-previous="{old}"' in page and f"/files/thumbnail/{old}" in page
+    assert "model <code>" in page and "an earlier model version" in page
+    band = page[page.index('<table class="band">'):]
+    band = band[:band.index("</table>")]
+    assert "<td>brand_palette</td><td>55</td><td>60</td>" in band and "within review band 10" in band
+    refs = page[page.index('<div class="refs" data-check="brand_palette">'):]
+    assert f"/files/brand-reference/{doubted}/brand_palette/studio_1.png" in refs
+    assert '<figure class="nearest">' in refs and "studio_2.png (nearest)" in refs
+    code, headers, data = server.request("GET", f"/darkroom/files/brand-reference/{doubted}/brand_palette/studio_2.png")
+    assert code == 200 and data[:4] == b"\x89PNG" and headers["content-type"] == "image/png"
+    for probe in ("..%2Fbrand%2Frestricted_terms.txt", "nope.png"):
+        assert server.request("GET", f"/darkroom/files/brand-reference/{doubted}/brand_palette/{probe}")[0] == 404
+    assert server.request("GET", f"/darkroom/files/brand-reference/{doubted}/sharpness/studio_2.png")[0] == 404
+    shown = json.loads(server.request("GET", f"/darkroom/api/runs/{filled.dag_id}/{filled.run_id}/assets")[2])
+    mine = {r["asset_id"]: r for r in shown["assets"]}
+    assert mine["newversion0"]["previous"]["asset_id"] == old
+    from darkroom.config import BRAND_DIR
+
+    refs = next(b for b in mine[doubted]["brand_references"] if b["check"] == "brand_palette")
+    folder = sorted(p.name for p in (BRAND_DIR / "references").glob("*.png"))
+    assert (refs["nearest"], refs["names"][0]) == ("studio_2.png", "studio_2.png")
+    assert refs["names"][1:] == [n for n in folder if n != "studio_2.png"][:5]

@@ -20,7 +20,7 @@ from darkroom.catalog.tables import (
 )
 from darkroom.config import Settings
 from darkroom.errors import ValidationFailed
-from darkroom.stages import approve, generate, plan, publish, validate
+from darkroom.stages import approve, generate, plan, postprocess, publish, validate
 from darkroom.stages.sequence import run_to_review
 from darkroom.storage import S3Storage
 from sqlalchemy import select
@@ -49,6 +49,12 @@ def test_stages_on_s3_storage_publish_to_s3_and_folder(tmp_path, catalog_url, s3
         assert len(assets) == 3 and all(a.uri.startswith(f"s3://{bucket}/work/spring_tiles/manual__1/originals/")
                                         for a in assets)
         assert all(a.status == AssetStatus.qa_passed for a in assets)
+        # The review gallery's thumbnails, made by postprocess beside the derivatives.
+        thumbs = {a.id: (a.thumbnail_uri, a.thumbnail_sha256) for a in assets}
+        assert all(uri.startswith(f"s3://{bucket}/work/spring_tiles/manual__1/thumbnails/") and sha
+                   for uri, sha in thumbs.values())
+    first = assets[0].id
+    assert postprocess.review_thumbnail(ctx.catalog, ctx.storage, first) == thumbs[first]
     assert not runs.approval_state(ctx.catalog, ctx.dag_id, ctx.run_id).done
 
     approve.settle_undecided(ctx, "approve", "tester", "")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from darkroom import imaging
+from darkroom.catalog import reviews, runs
 from darkroom.catalog.tables import Asset, AssetStatus, PlanItem, QAResult, Variant
 from darkroom.config import Settings
 from darkroom.generation.types import Result
@@ -115,6 +116,15 @@ def test_qa_stage_regenerates_failures_flags_duplicates_and_draws_the_sheet(tmp_
 
     pp = postprocess_stage.run(ctx, batch)
     assert pp["assets"] == 4 and pp["derivatives"] == 8 and pp["failed"] == 0
+    # Every asset's review thumbnail, the failed ones' too; the gallery shows each
+    # regenerated asset beside the one it replaced.
+    with ctx.catalog.session() as s:
+        assert all(a.thumbnail_uri and a.thumbnail_sha256 for a in s.scalars(select(Asset)))
+    page = reviews.run_page(ctx.catalog, runs.find_run(ctx.catalog, ctx.dag_id, ctx.run_id))
+    beside = {r["variant_id"]: r["previous"] for r in page.assets if r["previous"]}
+    assert {v: p["asset_id"] for v, p in beside.items()} == {
+        child.id: by_variant[parent_id].id for parent_id, child in children.items()}
+    assert all(p["status"] == "qa_failed" and p["failed_checks"] for p in beside.values())
 
     uri = track.contact_sheet(ctx)
     sheet = imaging.decode(Path(uri.removeprefix("file://")).read_bytes())

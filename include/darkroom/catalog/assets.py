@@ -29,6 +29,7 @@ from darkroom.catalog.tables import (
     Run,
     Variant,
 )
+from darkroom.ids import key_part
 
 #: Decided for good: an asset in one of these stays with the run that got it there, and a
 #: later run that plans its variant reuses it instead of drawing, checking or publishing it
@@ -277,6 +278,37 @@ def record_derivative(catalog: Catalog, asset_id: str, channel: str, stored, *, 
         row.uri, row.sha256, row.bytes = stored.uri, stored.sha256, stored.bytes
         row.width, row.height, row.format = width, height, format
         row.phash, row.watermark, row.watermark_key = phash, watermark, watermark_key
+
+
+def record_thumbnail(catalog: Catalog, asset_id: str, stored) -> None:
+    """The gallery's thumbnail of an asset (``stored``: where storage put it)."""
+    with catalog.session() as s:
+        s.execute(update(Asset).where(Asset.id == asset_id).values(
+            thumbnail_uri=stored.uri, thumbnail_sha256=stored.sha256))
+
+
+@dataclass(frozen=True)
+class ThumbnailSource:
+    """What making an asset's thumbnail needs: its original, and where the thumbnail goes."""
+
+    asset_id: str
+    original_uri: str | None
+    thumbnail_uri: str | None
+    thumbnail_sha256: str | None
+    key: str  # {campaign}/{run}/thumbnails/{variant}.webp
+
+
+def thumbnail_source(catalog: Catalog, asset_id: str) -> ThumbnailSource | None:
+    """The asset's thumbnail as the catalog has it (None: no such asset)."""
+    with catalog.session() as s:
+        row = s.execute(select(Asset, Run).join(Run, Run.id == Asset.run_pk)
+                        .where(Asset.id == asset_id)).first()
+        if row is None:
+            return None
+        a, run = row
+        return ThumbnailSource(a.id, a.uri, a.thumbnail_uri, a.thumbnail_sha256,
+                               "/".join([run.campaign_id, run.key, *map(key_part, (
+                                   "thumbnails", f"{a.variant_id}.webp"))]))
 
 
 @dataclass(frozen=True)

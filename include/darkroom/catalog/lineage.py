@@ -45,7 +45,7 @@ def asset_record(a: Asset, run: Run) -> dict:
                    "width": a.width, "height": a.height, "backend": a.backend, "route": a.route},
         "uri": a.uri, "sha256": a.sha256, "phash": a.phash, "timings": a.timings,
         "qa": [{"check": q.check, "value": q.value, "threshold": q.threshold,
-                "passed": q.passed, "detail": q.detail} for q in a.qa_results],
+                "passed": q.passed, "status": q.status, "detail": q.detail} for q in a.qa_results],
         "review": {"decision": latest.decision, "reviewer": latest.reviewer,
                    "note": latest.note, "at": latest.at} if latest else None,
         "reviews": [{"decision": r.decision, "reviewer": r.reviewer, "at": r.at} for r in a.reviews],

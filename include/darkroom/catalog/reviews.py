@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import selectinload
+from sqlalchemy import String, cast, func, literal, select, tuple_, update
+from sqlalchemy.orm import aliased, selectinload
 
 from darkroom.catalog.db import Catalog
-from darkroom.catalog.lineage import asset_record
+from darkroom.catalog.lineage import QA_ALIASES, asset_record
 from darkroom.catalog.runs import RunRef
 from darkroom.catalog.runs import get as get_run
 from darkroom.catalog.tables import (
@@ -291,29 +291,190 @@ def show(catalog: Catalog, asset_id: str) -> dict:
         return record
 
 
-def run_assets(catalog: Catalog, run: RunRef, *, status: str | None = None,
-               channel: str | None = None) -> list[dict]:
-    """Every asset of a run that has an image, for the gallery, filtered by status/channel."""
+#: The gallery's page size: a page of thumbnails renders at once, 10,000 assets do not.
+PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
+
+
+class BadPage(ReviewError):
+    """A gallery request that names an unknown status, cursor or page size (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class GalleryFilters:
+    """The gallery's filters (each a query parameter); None: any."""
+
+    status: str | None = None
+    channel: str | None = None
+    qa_failed: str | None = None  # a QA check's name (blur, blank: aliases), or "any"
+    product: str | None = None
+    audit_sample: bool | None = None
+
+    def __post_init__(self):
+        if self.status and self.status not in set(AssetStatus):
+            raise BadPage(f"status {self.status!r} is not one of {', '.join(AssetStatus)}")
+
+    def where(self, q, *, status: bool = True):
+        """``q`` (a select over Asset) narrowed to these filters; ``status=False`` leaves the
+        status out (the per-status counts)."""
+        if status and self.status:
+            q = q.where(Asset.status == self.status)
+        if self.product:
+            q = q.where(Asset.variant_id.in_(select(Variant.id).where(Variant.product_id == self.product)))
+        if self.channel:
+            # variant.channels is a JSON list of names; its text holds each as "name".
+            quoted = '"' + self.channel.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + '"'
+            # Correlated, so each of the run's assets looks up its own variant (by key), not
+            # every variant of every campaign.
+            q = q.where(select(Variant.id).where(
+                Variant.id == Asset.variant_id,
+                cast(Variant.channels, String).like(f"%{quoted}%", escape="\\")).exists())
+        if self.qa_failed:
+            failed = select(QAResult.id).where(QAResult.asset_id == Asset.id, QAResult.passed.is_(False))
+            if self.qa_failed != "any":
+                failed = failed.where(QAResult.check == QA_ALIASES.get(self.qa_failed, self.qa_failed))
+            q = q.where(failed.exists())
+        if self.audit_sample is not None:
+            q = q.where(Asset.audit_sample.is_(self.audit_sample))
+        return q
+
+
+@dataclass(frozen=True)
+class GalleryPage:
+    """One page of a run's gallery: keyset-paginated on (created_at, id), the order assets
+    were made in, so a page boundary does not move when decisions take assets out of a
+    status filter, and assets of batches still running appear at the end."""
+
+    assets: list[dict]
+    counts: dict[str, int]  # per status, under every filter but the status
+    total: int  # assets matching every filter
+    position: int  # matching assets before this page
+    next_after: str | None  # the ``after`` cursor of the next page, None on the last
+    prev_before: str | None  # the ``before`` cursor of the previous page, None on the first
+
+
+def run_page(catalog: Catalog, run: RunRef, filters: GalleryFilters = GalleryFilters(), *,
+             after: str | None = None, before: str | None = None, limit: int = PAGE_SIZE) -> GalleryPage:
+    """A page of the run's assets that have an image (``after``/``before``: an asset id, the
+    last of the page before / the first of the page after), with the per-status counts."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise BadPage(f"a page holds 1 to {MAX_PAGE_SIZE} assets, not {limit}")
+    if after and before:
+        raise BadPage("give after or before, not both")
+    of_run = select(Asset).where(Asset.run_pk == run.pk, Asset.uri.is_not(None))
     with catalog.session() as s:
-        q = (select(Asset).where(Asset.run_pk == run.pk, Asset.uri.is_not(None))
-             .options(selectinload(Asset.qa_results), selectinload(Asset.reviews),
-                      selectinload(Asset.variant),
-                      selectinload(Asset.derivatives).selectinload(Derivative.publications))
-             .order_by(Asset.created_at, Asset.id))
-        if status:
-            q = q.where(Asset.status == status)
+        cursor_id = after or before
+        if cursor_id and s.scalar(select(Asset.id).where(Asset.id == cursor_id,
+                                                         Asset.run_pk == run.pk)) is None:
+            raise BadPage(f"cursor {cursor_id!r} is no asset of run {run.run_id!r}; "
+                          "start from the first page")
+        matching = filters.where(of_run)
+        q = matching.options(selectinload(Asset.qa_results), selectinload(Asset.reviews),
+                             selectinload(Asset.variant),
+                             selectinload(Asset.derivatives).selectinload(Derivative.publications))
+        if before:
+            rows = list(s.scalars(q.where(_before(before)).order_by(Asset.created_at.desc(), Asset.id.desc())
+                                  .limit(limit)))[::-1]
+        else:
+            q = q.where(_after(after)) if after else q
+            rows = list(s.scalars(q.order_by(Asset.created_at, Asset.id).limit(limit + 1)))
+        more_after = (len(rows) > limit) if not before else bool(rows) and s.scalar(
+            select(func.count()).select_from(matching.where(_after(rows[-1].id)).subquery())) > 0
+        rows = rows[:limit]
+        counts = dict(s.execute(filters.where(select(Asset.status, func.count()).where(
+            Asset.run_pk == run.pk, Asset.uri.is_not(None)), status=False).group_by(Asset.status)).all())
+        total = counts.get(filters.status, 0) if filters.status else sum(counts.values())
+        position = (s.scalar(select(func.count()).select_from(matching.where(_before(rows[0].id)).subquery()))
+                    if rows else (total if after else 0))
         db_run = s.get(Run, run.pk)
-        out = []
-        for a in s.scalars(q):
-            if channel and channel not in a.variant.channels:
-                continue
-            rec = asset_record(a, db_run)
-            rec["channels"] = list(a.variant.channels)
-            rec["reviews"] = [{"id": r.id, "decision": r.decision, "reviewer": r.reviewer,
-                               "note": r.note, "at": r.at} for r in a.reviews]
-            rec["failed_checks"] = [q for q in rec["qa"] if not q["passed"]]
-            out.append(rec)
-        return out
+        before = _previous_versions(s, rows)
+        records = [_gallery_record(a, db_run, before.get(a.id)) for a in rows]
+    return GalleryPage(records, counts, total, position,
+                       next_after=rows[-1].id if rows and more_after else None,
+                       prev_before=rows[0].id if rows and position > 0 else None)
+
+
+def _key(asset_id: str):
+    """(created_at, id) of an asset: the gallery's order."""
+    at = aliased(Asset)
+    return tuple_(select(at.created_at).where(at.id == asset_id).scalar_subquery(), literal(asset_id))
+
+
+# Row values, so the run's (run_pk, created_at, id) index serves the range.
+def _after(asset_id: str):
+    return tuple_(Asset.created_at, Asset.id) > _key(asset_id)
+
+
+def _before(asset_id: str):
+    return tuple_(Asset.created_at, Asset.id) < _key(asset_id)
+
+
+def _gallery_record(a: Asset, db_run: Run, previous: dict | None = None) -> dict:
+    rec = asset_record(a, db_run)
+    rec["channels"] = list(a.variant.channels)
+    rec["reviews"] = [{"id": r.id, "decision": r.decision, "reviewer": r.reviewer,
+                       "note": r.note, "at": r.at} for r in a.reviews]
+    rec["failed_checks"] = [q for q in rec["qa"] if not q["passed"]]
+    # What put it in the review band: the checks inside their band, and those that could not run.
+    rec["doubts"] = [q for q in rec["qa"] if q["status"] in ("borderline", "not_run")]
+    rec["previous"] = previous
+    return rec
+
+
+def _previous_versions(s, rows: list[Asset]) -> dict[str, dict]:
+    """The version each asset of a page replaced, to show beside it: the older asset of the
+    same variant (a new model version: ``supersedes``) or, for a QA regeneration (the next
+    seed: a new variant), the newest asset of the variant it was regenerated from."""
+    older_ids = {a.id: a.supersedes_id for a in rows if a.supersedes_id}
+    from_variant = {a.id: a.variant.regenerated_from for a in rows
+                    if not a.supersedes_id and a.variant.regenerated_from}
+    found: dict[str, Asset] = {}
+    if older_ids:
+        found.update((a.id, a) for a in s.scalars(select(Asset).where(Asset.id.in_(set(older_ids.values())))
+                                                  .options(selectinload(Asset.qa_results))))
+    newest: dict[str, Asset] = {}
+    if from_variant:
+        for a in s.scalars(select(Asset).where(Asset.variant_id.in_(set(from_variant.values())))
+                           .options(selectinload(Asset.qa_results)).order_by(Asset.version)):
+            newest[a.variant_id] = a
+    out = {}
+    for asset_id, older in older_ids.items():
+        if older in found:
+            out[asset_id] = _previous_record(found[older], "an earlier model version")
+    for asset_id, variant_id in from_variant.items():
+        if variant_id in newest:
+            out[asset_id] = _previous_record(newest[variant_id], "regenerated with the next seed")
+    return out
+
+
+def _previous_record(a: Asset, why: str) -> dict:
+    return {"asset_id": a.id, "version": a.version, "status": a.status, "seed": a.seed,
+            "model_version": a.model_version, "why": why,
+            "failed_checks": [{"check": q.check, "value": q.value, "threshold": q.threshold,
+                               "detail": q.detail} for q in a.qa_results if not q.passed]}
+
+
+def campaign_spec(catalog: Catalog, run: RunRef) -> tuple[dict, str]:
+    """The run's campaign spec as the catalog keeps it: (body, the spec file's path)."""
+    with catalog.session() as s:
+        row = s.execute(select(Campaign.spec_body, Campaign.spec_path)
+                        .join(Run, Run.campaign_id == Campaign.id).where(Run.id == run.pk)).first()
+    return (row[0] or {}, row[1]) if row else ({}, "")
+
+
+def run_facets(catalog: Catalog, run: RunRef) -> dict[str, list[str]]:
+    """What the run's filters can choose: its campaign's channels, its products, the QA
+    checks some of its assets failed."""
+    with catalog.session() as s:
+        spec = s.scalar(select(Campaign.spec_body).join(Run, Run.campaign_id == Campaign.id)
+                        .where(Run.id == run.pk)) or {}
+        of_run = select(Asset.variant_id).where(Asset.run_pk == run.pk)
+        products = list(s.scalars(select(Variant.product_id).where(Variant.id.in_(of_run))
+                                  .distinct().order_by(Variant.product_id)))
+        checks = list(s.scalars(select(QAResult.check).join(Asset, Asset.id == QAResult.asset_id)
+                                .where(Asset.run_pk == run.pk, QAResult.passed.is_(False))
+                                .distinct().order_by(QAResult.check)))
+    return {"channels": sorted(spec.get("channels") or {}), "products": products, "qa_checks": checks}
 
 
 def file_uri(catalog: Catalog, asset_id: str, kind: str) -> str:

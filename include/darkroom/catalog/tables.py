@@ -173,6 +173,9 @@ class Asset(Base):
         # Lineage queries filter by date range, usually with a status (0006_lineage).
         Index("ix_asset_created_at", "created_at"),
         Index("ix_asset_status_created_at", "status", "created_at"),
+        # The gallery's pages (keyset on created_at, id) and per-status counts of a run (0010).
+        Index("ix_asset_run_created_at", "run_pk", "created_at", "id"),
+        Index("ix_asset_run_status_created_at", "run_pk", "status", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -210,6 +213,11 @@ class Asset(Base):
     # approval.review exception (0009): the asset passed QA cleanly but was drawn for the
     # audit sample, so people decide it; their rejections can withdraw the policy's approvals.
     audit_sample: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The gallery's thumbnail of the original (0010): made once (postprocess, else the first
+    # request), never published, so not a channel's Derivative row; its bytes never change,
+    # so the sha256 is the HTTP ETag.
+    thumbnail_uri: Mapped[str | None] = mapped_column(Text)
+    thumbnail_sha256: Mapped[str | None] = mapped_column(String(64))
 
     variant: Mapped[Variant] = relationship()
     qa_results: Mapped[list[QAResult]] = relationship(

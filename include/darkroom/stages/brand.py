@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from darkroom import confine
+from darkroom.config import BRAND_DIR, Settings
 from darkroom.errors import ValidationFailed
+from darkroom.spec import parse_spec
 from darkroom.stages.context import RunContext
 
 
@@ -50,3 +52,26 @@ def brand_rubric(ctx: RunContext, asset_type: str) -> dict:
             path = confined(ctx, f"qa.checks.{name}.params.references", str(cfg.params["references"]))
             rubric[name] = cfg.model_copy(update={"params": {**cfg.params, "references": str(path)}})
     return rubric
+
+
+#: QA checks that compare an asset with the brand's reference images.
+BRAND_CHECKS = ("brand_hash", "brand_palette")
+
+
+def reference_images(spec_body: dict, spec_path: str, asset_type: str, check: str,
+                     settings: Settings) -> list[Path]:
+    """The brand reference PNGs a brand check compares an asset type's assets with (the
+    gallery shows them beside a failure): the check's ``params.references`` under the brand
+    roots, else the default folder, as qa reads them. [] for any other check, or a folder
+    that is gone or outside the roots."""
+    if check not in BRAND_CHECKS:
+        return []
+    cfg = parse_spec(spec_body, spec_path).qa.for_asset_type(asset_type).get(check)
+    raw = cfg.params.get("references") if cfg is not None else None
+    try:
+        folder = (confine.brand_file(str(raw), Path(spec_path).parent, settings,
+                                     what=f"qa.checks.{check}.params.references")
+                  if raw else BRAND_DIR / "references")
+    except confine.OutsideRoots:
+        return []
+    return sorted(folder.glob("*.png")) if folder.is_dir() else []

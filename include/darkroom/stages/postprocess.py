@@ -1,7 +1,9 @@
 """postprocess: each QA-passed asset's channel derivatives (darkroom.postprocess recipes:
 crop or pad, resize, overlays, format), provenance carried into each; rendered in parallel
 over the machine's cores, streaming, each stored and recorded as it comes back. A model
-upscaler's output was made on the GPU queue (the upscale stage) and is only read here."""
+upscaler's output was made on the GPU queue (the upscale stage) and is only read here.
+Each asset also gets the review gallery's thumbnail, from the same job, so the gallery never
+decodes an original to show it."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import logging
 
 from darkroom import postprocess as recipes
 from darkroom.catalog import assets
-from darkroom.catalog.tables import REVIEWABLE, Asset
+from darkroom.catalog.tables import REVIEWABLE, Asset, AssetStatus
+from darkroom.errors import StorageError
+from darkroom.imaging import BadImage
 from darkroom.parallel import default_workers, pool_size, process_map
 from darkroom.stages import upscale
 from darkroom.stages.brand import brand_channels
 from darkroom.stages.context import RunContext
-from darkroom.storage import read_uri
+from darkroom.storage import Storage, read_uri
 
 log = logging.getLogger("darkroom")
 
@@ -32,22 +36,33 @@ def run(ctx: RunContext, batch: int) -> dict:
     made = failed = 0
     # 2. Render in worker processes; store each derivative and its row as it comes back.
     work = jobs(ctx, todo, channels, model_upscaled)
-    for asset, res in process_map(recipes.render_all, work, workers=workers):
+    for asset, res in process_map(recipes.render_for_review, work, workers=workers):
         if isinstance(res, Exception):  # one bad original never stops the batch
             log.error("Postprocess: asset %s failed: %s", asset.id, res)
             assets.fail(ctx.catalog, asset.id, f"postprocess: {type(res).__name__}: {res}")
             failed += 1
             continue
-        for d in res:
+        rendered, thumb = res
+        for d in rendered:
             store(ctx, asset, d)
             made += 1
+        store_thumbnail(ctx.catalog, ctx.storage, asset.id, ctx.key("thumbnails", f"{asset.variant_id}.webp"),
+                        thumb)
+    # 3. The assets QA failed show in the gallery too, beside the versions regenerated from
+    #    them: their thumbnails now, so the gallery decodes no original of this run.
+    for a in assets.of_batch(ctx.catalog, ctx.run_pk, batch, (AssetStatus.qa_failed,)):
+        if a.uri and not a.thumbnail_uri:
+            try:
+                review_thumbnail(ctx.catalog, ctx.storage, a.id)
+            except (BadImage, StorageError) as exc:  # the gallery tries again on first request
+                log.warning("Postprocess: no thumbnail for asset %s: %s", a.id, exc)
     log.info("Postprocess batch %d: %d derivatives for %d assets, %d failed", batch, made, len(todo),
              failed)
     return {"batch": batch, "derivatives": made, "assets": len(todo), "failed": failed}
 
 
 def jobs(ctx: RunContext, todo: list[Asset], channels: dict, model_upscaled: bool):
-    """process_map jobs for render_all: the original, its channels' recipes (``channels``,
+    """process_map jobs for render_for_review: the original, its channels' recipes (``channels``,
     brand files resolved), its locale, and the model upscaler's output when the spec has one
     and a channel needs it."""
     for a in todo:
@@ -73,3 +88,28 @@ def store(ctx: RunContext, asset: Asset, d: recipes.Rendered) -> None:
     assets.record_derivative(ctx.catalog, asset.id, d.channel, stored, width=d.width, height=d.height,
                              format=d.format, phash=d.phash, watermark=d.watermark,
                              watermark_key=d.watermark_key)
+
+
+def store_thumbnail(catalog, storage: Storage, asset_id: str, key: str, data: bytes):
+    """The gallery's thumbnail into storage (``{campaign}/{run}/thumbnails/{variant}.webp``)
+    and onto the asset's row; returns where storage put it."""
+    stored = storage.put(key, data, "image/webp")
+    assets.record_thumbnail(catalog, asset_id, stored)
+    return stored
+
+
+def review_thumbnail(catalog, storage: Storage, asset_id: str) -> tuple[str, str]:
+    """The asset's gallery thumbnail as (uri, sha256). An asset postprocess never took (a
+    failed QA, a run from before thumbnails) gets it made now from its original, once: it is
+    stored and recorded, so no later request decodes the original again.
+
+    :raises LookupError: no such asset, or it has no original (nothing was generated).
+    """
+    src = assets.thumbnail_source(catalog, asset_id)
+    if src is None or not src.original_uri:
+        raise LookupError(f"asset {asset_id!r} has no original in the catalog to make a thumbnail of")
+    if src.thumbnail_uri and src.thumbnail_sha256:
+        return src.thumbnail_uri, src.thumbnail_sha256
+    data = recipes.thumbnail(read_uri(src.original_uri, s3_client=getattr(storage, "client", None)))
+    stored = store_thumbnail(catalog, storage, asset_id, src.key, data)
+    return stored.uri, stored.sha256

@@ -1,4 +1,5 @@
-// Darkroom review gallery: decisions through the JSON API, keyboard shortcuts, full-size view.
+// Darkroom review gallery: decisions through the JSON API, keyboard shortcuts, full-size view,
+// pages (a decision from the keyboard moves on; past a page's last card, to the next page).
 // No inline script (the page's CSP forbids it) and no innerHTML with catalog text: every
 // string from the server goes in through textContent.
 (function () {
@@ -12,6 +13,7 @@
   const noteBox = document.getElementById("note");
   const dialog = document.getElementById("full");
   let current = 0;
+  const inflight = new Set();  // decisions sent, not yet answered: a page change waits for them
 
   const PAST = {approve: "approved", reject: "rejected"};
 
@@ -56,6 +58,23 @@
     } else {
       say(`${r.status}: ${r.data.detail || "refused"}`, true);
     }
+  }
+
+  // a / r from the keyboard: decide, and move on at once (the answer comes back while the
+  // reviewer looks at the next card); after the page's last card, the next page.
+  function decideAndNext(card, decision) {
+    if (card.dataset.decidable !== "1") { say("This asset takes no decision.", true); return; }
+    const p = decide(card, decision).finally(() => inflight.delete(p));
+    inflight.add(p);
+    if (current < cards.length - 1) focus(current + 1);
+    else goPage(root.dataset.next, "This is the last page.");
+  }
+
+  async function goPage(url, none) {
+    await Promise.all(Array.from(inflight));  // leave no decision unanswered
+    if (url) { location.href = url; return; }
+    const said = flash.textContent;
+    if (!said.endsWith(none)) say((said ? said + " · " : "") + none, flash.classList.contains("bad"));
   }
 
   function selected() { return cards.filter((c) => c.querySelector(".pick").checked); }
@@ -119,10 +138,15 @@
     if (dialog.open) return;  // the dialog closes itself on Escape
     const card = cards[current];
     switch (e.key) {
-      case "j": case "ArrowRight": case "ArrowDown": focus(current + 1); break;
+      case "j": case "ArrowRight": case "ArrowDown":
+        if (current < cards.length - 1) focus(current + 1);
+        else goPage(root.dataset.next, "This is the last page.");
+        break;
       case "k": case "ArrowLeft": case "ArrowUp": focus(current - 1); break;
-      case "a": if (card) decide(card, "approve"); break;
-      case "r": if (card) decide(card, "reject"); break;
+      case "a": if (card) decideAndNext(card, "approve"); break;
+      case "r": if (card) decideAndNext(card, "reject"); break;
+      case "]": goPage(root.dataset.next, "This is the last page."); break;
+      case "[": goPage(root.dataset.prev, "This is the first page."); break;
       case "A": bulk("approve"); break;
       case "R": bulk("reject"); break;
       case "x": if (card) { const p = card.querySelector(".pick"); p.checked = !p.checked; updateCount(); } break;
@@ -134,5 +158,26 @@
     }
     e.preventDefault();
   });
+  // The last page asks now and then whether batches still running have added assets.
+  async function pollNewer() {
+    try {
+      const resp = await fetch(root.dataset.newer, {credentials: "same-origin"});
+      const data = resp.ok ? await resp.json() : {assets: []};
+      if (data.assets.length) {
+        document.querySelectorAll(".pager .newer").forEach((el) => {
+          const link = document.createElement("a");
+          link.href = root.dataset.newerPage;
+          link.textContent = "new images arrived ›";
+          el.replaceChildren(link);
+          el.hidden = false;
+        });
+        root.dataset.next = root.dataset.newerPage;  // ] and the last card's a / r go there now
+        return;
+      }
+    } catch (e) { /* the server restarting: ask again later */ }
+    setTimeout(pollNewer, 10000);
+  }
+  if (root.dataset.newer) setTimeout(pollNewer, 10000);
+
   focus(0);
 })();
