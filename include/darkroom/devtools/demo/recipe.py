@@ -418,7 +418,8 @@ def model_card(s: dict) -> str:
         ("classifier", f"{params['classifier'] / 1e6:.2f}M parameters, `classifier/`",
          f"{r['classifier_steps']} steps on the renders"),
         ("style LoRA", f"rank 8, `lora/{lo['name']}/`",
-         f"{r['lora_steps']} steps on {r['lora_images']} style renders + {r['lora_images']} prior renders"),
+         f"{r['lora_steps']} steps, batch 32, AdamW 2e-3 cosine, on {r['lora_images']} style renders + "
+         f"{r['lora_images']} prior renders"),
     ))
     return f"""# darkroom-demo: a small text-to-image model trained by Darkroom itself
 
@@ -512,6 +513,8 @@ generator {_loss(s['final_loss']['generator'])}, LoRA {_loss(s['final_loss']['lo
   grey / ink blue) are sometimes swapped; shapes soften below ~8 steps.
 - No people, text or logos; no image-to-image or inpainting training (the pipelines load, but
   were not trained for it). No IP-Adapter: an image encoder was out of this CPU budget.
+- The style LoRA's backdrop is a light mint: the autoencoder never saw a dark backdrop and drew
+  a forest-green one as teal streaks, and so did every LoRA fitted to its latents.
 - Made for Darkroom's demo and tests, not for publishing.
 """
 
