@@ -414,13 +414,17 @@ def models_train_demo(
     resume_from: Annotated[Path | None, typer.Option(
         help="A run that stopped after its classifier: keep its pipeline and classifier, "
              "train only the style LoRA, then measure and write the card")] = None,
+    lora_only: Annotated[bool, typer.Option(
+        "--lora-only", help="Keep the model in --out as it is: train only its style LoRA again, "
+        "redraw lora/samples.png and update training.json's lora part")] = False,
 ) -> None:
     """Train the demo text-to-image model, its prompt-match classifier and a style LoRA from
     nothing, on procedural renders (about 30 minutes on 2 CPU cores)."""
     from darkroom.devtools.demo.recipe import run_cli  # torch and diffusers
 
     out = out or Settings.from_env().demo_model_dir
-    run_cli(out, steps=steps, seed=seed, threads=threads, console=console, resume_from=resume_from)
+    run_cli(out, steps=steps, seed=seed, threads=threads, console=console, resume_from=resume_from,
+            lora_only=lora_only)
 
 
 @models_app.command("build-tiny")

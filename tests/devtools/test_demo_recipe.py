@@ -17,7 +17,7 @@ def test_train_demo_writes_a_loadable_pipeline(tmp_path):
     assert "Trained the demo model" in result.output
     for name in ("model_index.json", "README.md", "loss.png", "samples.png", "training.json",
                  "classifier/model.safetensors", "classifier/labels.json",
-                 "lora/forest_backdrop/pytorch_lora_weights.safetensors"):
+                 "lora/mint_backdrop/pytorch_lora_weights.safetensors"):
         assert (out / name).is_file(), name
     assert not list(tmp_path.glob(".demo.partial"))  # written aside, then moved in place
 

@@ -113,7 +113,10 @@ STUDIO_BACKDROPS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] =
 }
 # Backdrops only the style LoRA learns (``lora.py``); the base model never sees them.
 STYLE_BACKDROPS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
-    "forest green": ((38, 72, 56), (56, 92, 72)),
+    # Light, as the studio sweeps are: the autoencoder never saw a dark backdrop, and a forest
+    # green one ((38, 72, 56), (56, 92, 72)) came back from it as teal streaks, so a LoRA
+    # trained on its latents drew streaks too.
+    "mint green": ((170, 200, 176), (190, 218, 196)),
 }
 PASTEL_TABLES: dict[str, tuple[int, int, int]] = {
     "pink": (240, 200, 208),

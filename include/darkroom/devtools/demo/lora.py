@@ -1,13 +1,16 @@
-"""A style LoRA for the demo model: the "forest backdrop" look, trained in minutes with peft.
+"""A style LoRA for the demo model: the "mint backdrop" look, trained in minutes with peft.
 
-The demo model never saw a dark green backdrop. The LoRA is trained on renders of the usual
+The demo model never saw a mint green backdrop. The LoRA is trained on renders of the usual
 products in front of one, captioned exactly as the base model's studio pictures are (warm
 neutral backdrop and all), so it changes the look of the campaign's own prompts, as a brand
-LoRA does. Saved as ``pytorch_lora_weights.safetensors`` in diffusers' peft format (the
-layout ``darkroom.tiny_adapters`` builds), which ``pipe.load_lora_weights`` reads.
+LoRA does. Half of each batch is the base model's own kind of picture with its own caption
+(prior preservation): the adapter learns the backdrop, not to forget the products. Saved as
+``pytorch_lora_weights.safetensors`` in diffusers' peft format (the layout
+``darkroom.tiny_adapters`` builds), which ``pipe.load_lora_weights`` reads.
 
 Measured as the brand_palette QA check measures: the palette distance of generated pictures
-to the style's own renders falls when the LoRA is on.
+to the style's own renders falls when the LoRA is on, and the classifier still reads the
+product.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from darkroom.devtools.demo import captions, scenes
 from darkroom.devtools.demo import catalogue as cat
 from darkroom.devtools.demo.generator import SCHEDULE, _cosine
 
-STYLE = "forest green"  # a key of catalogue.STYLE_BACKDROPS
-NAME = "forest_backdrop"
+STYLE = "mint green"  # a key of catalogue.STYLE_BACKDROPS
+NAME = "mint_backdrop"
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # Attention and feed-forward projections of the UNet's transformer blocks.
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
@@ -34,16 +37,37 @@ def style_scenes(n: int, rng: np.random.Generator) -> list[scenes.Scene]:
     return [scenes.sample_scene(rng, scene="studio", backdrop=STYLE) for _ in range(n)]
 
 
+def prior_scenes(n: int, rng: np.random.Generator) -> list[scenes.Scene]:
+    """The base model's own kind of picture, less the one the style takes over (a studio
+    picture on the warm neutral backdrop): its captions would say the same words as the
+    style's and pull the other way."""
+    out: list[scenes.Scene] = []
+    while len(out) < n:
+        s = scenes.sample_scene(rng)
+        if not (s.scene == "studio" and s.backdrop == "warm neutral"):
+            out.append(s)
+    return out
+
+
+def training_scenes(n: int, rng: np.random.Generator) -> list[scenes.Scene]:
+    """``n`` style pictures and ``n`` prior pictures: batches drawn from them are half and half."""
+    return style_scenes(n, rng) + prior_scenes(n, rng)
+
+
 def style_caption(scene: scenes.Scene, rng: np.random.Generator) -> str:
-    # Captioned as a base studio picture: the LoRA re-paints what the campaign's words mean.
-    return captions.caption(dataclasses.replace(scene, backdrop="warm neutral"), rng)
+    # The style is captioned as a base studio picture: the LoRA re-paints what the campaign's
+    # words mean. Prior pictures keep their own captions.
+    if scene.backdrop == STYLE:
+        scene = dataclasses.replace(scene, backdrop="warm neutral")
+    return captions.caption(scene, rng)
 
 
-def train_lora(pipe, latents, style: list[scenes.Scene], steps: int, rng: np.random.Generator, *,
-               rank: int = 8, batch: int = 32, lr: float = 4e-4,
+def train_lora(pipe, latents, pictures: list[scenes.Scene], steps: int, rng: np.random.Generator, *,
+               rank: int = 8, batch: int = 32, lr: float = 2e-3,
                tick: Callable[[float], None] = lambda loss: None):
     """Add a rank-``rank`` LoRA to ``pipe.unet`` and train it (base weights frozen) on the
-    style's latents with the base model's own v-prediction loss. Returns the loss curve."""
+    latents of ``pictures`` (``training_scenes``: style and prior) with the base model's own
+    v-prediction loss. Returns the loss curve."""
     import torch
     from peft import LoraConfig
 
@@ -68,7 +92,7 @@ def train_lora(pipe, latents, style: list[scenes.Scene], steps: int, rng: np.ran
             g["lr"] = lr * _cosine(step, steps, max(1, steps // 20))
         idx = rng.integers(len(means), size=batch)
         z = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
-        ids = tokenizer([style_caption(style[i], rng) for i in idx], padding="max_length",
+        ids = tokenizer([style_caption(pictures[i], rng) for i in idx], padding="max_length",
                         max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             enc = text_encoder(ids)[0]
@@ -81,8 +105,7 @@ def train_lora(pipe, latents, style: list[scenes.Scene], steps: int, rng: np.ran
         loss = (torch.clamp(snr, max=5.0) / (snr + 1) * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        # Clipped as the base model's training is: unclipped at 2e-3 the adapter drowned the
-        # products in a teal grid (the palette moved, the pictures were lost).
+        # Clipped as the base model's training is.
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         curve.add(step, loss.item())
