@@ -88,8 +88,9 @@ def finished_run(stack: LocalStack) -> dict:
 
     stack.wait_for("the run to wait for reviewers", deferred_for_review, 600, interval=3)
     review_api = f"{stack.api_url}/darkroom/api/runs/{DAG_ID}/{quote(run['dag_run_id'], safe='')}"
-    waiting = [a["asset_id"] for a in api("GET", f"{review_api}/assets", token)
-               if a["status"] in ("qa_passed", "needs_review")]
+    page = api("GET", f"{review_api}/assets", token)  # one page: the run has fewer than 100 assets
+    assert page["next_after"] is None and page["total"] == len(page["assets"]), page["total"]
+    waiting = [a["asset_id"] for a in page["assets"] if a["status"] in ("qa_passed", "needs_review")]
     decided = api("POST", f"{review_api}/approve", token, {"asset_ids": waiting, "note": "ci"},
                   headers={"X-Darkroom-CSRF": "1"})
     assert not decided["refused"], decided
