@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -91,7 +92,7 @@ def _redeliver(signum: int) -> None:
     """Raise the stop in the main thread again, each REDELIVER_S, while the task body runs:
     the first one may have landed in a finalizer, where Python drops it."""
     while _in_task.is_set():
-        threading.Event().wait(REDELIVER_S)
+        time.sleep(REDELIVER_S)
         if _in_task.is_set():
             _thread.interrupt_main(signum)  # runs this process's SIGTERM handler, as a signal would
 

@@ -42,19 +42,6 @@ def test_the_chain_is_the_rule_and_its_fallbacks(confidential, chain):
     assert chain_for(spec, {"product": {"confidential": confidential}}) == chain
 
 
-@pytest.mark.parametrize(("rule", "message"), [
-    ({**CONFIDENTIAL, "fallback": ["local", "stability"]},
-     "fallback 'stability': a private rule never falls back to a hosted API"),
-    ({"when": {"priority": "high"}, "pool": "p", "fallback": ["local"]},
-     "fallback \\['local'\\] needs the rule's `backend`"),
-    ({"when": {"priority": "high"}, "backend": "http", "fallback": ["cloud"]}, "fallback"),
-])
-def test_bad_fallbacks_name_the_field_and_fix(rule, message):
-    with pytest.raises(ValidationError, match=message) as info:
-        Generation(routing=[rule])
-    assert "routing.0" in str(info.value)
-
-
 ROWS = """sku,name,category,colour,material,price_eur,confidential
 TER-001,coffee mug,drinkware,terracotta,stoneware,18.00,no
 TER-002,secret prototype,drinkware,sand,porcelain,12.50,yes

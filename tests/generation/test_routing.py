@@ -60,6 +60,12 @@ def test_priority_picks_the_pool():
     ({"when": {"priority": "high"}}, "needs `backend` and/or `pool`"),
     ({"when": {}, "backend": "local"}, "when"),
     ({"when": {"priority": "high"}, "backend": "cloud"}, "backend"),
+    # Fallbacks (tests/generation/test_failover.py has the rest of them).
+    ({**CONFIDENTIAL, "fallback": ["local", "stability"]},
+     "fallback 'stability': a private rule never falls back to a hosted API"),
+    ({"when": {"priority": "high"}, "pool": "p", "fallback": ["local"]},
+     "fallback \\['local'\\] needs the rule's `backend`"),
+    ({"when": {"priority": "high"}, "backend": "http", "fallback": ["cloud"]}, "fallback"),
 ])
 def test_bad_rules_name_the_field_and_fix(rule, message):
     with pytest.raises(ValidationError, match=message) as info:

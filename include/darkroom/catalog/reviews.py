@@ -387,8 +387,8 @@ def run_page(catalog: Catalog, run: RunRef, filters: GalleryFilters = GalleryFil
         position = (s.scalar(select(func.count()).select_from(matching.where(_before(rows[0].id)).subquery()))
                     if rows else (total if after else 0))
         db_run = s.get(Run, run.pk)
-        before = _previous_versions(s, rows)
-        records = [_gallery_record(a, db_run, before.get(a.id)) for a in rows]
+        previous = _previous_versions(s, rows)
+        records = [_gallery_record(a, db_run, previous.get(a.id)) for a in rows]
     return GalleryPage(records, counts, total, position,
                        next_after=rows[-1].id if rows and more_after else None,
                        prev_before=rows[0].id if rows and position > 0 else None)

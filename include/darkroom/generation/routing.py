@@ -96,8 +96,10 @@ def chain_for(spec, facts: dict[str, Any]) -> list[str]:
     """The backends for one variant's ``facts``, in the order to try them: the first matching
     rule's backend and its fallbacks, else ``generation.backend`` and ``generation.fallback``
     (the spec refuses a hosted fallback on a private rule)."""
-    g = spec.generation
-    rule = _rule_for(spec, facts)
+    return _chain(spec.generation, _rule_for(spec, facts))
+
+
+def _chain(g, rule) -> list[str]:
     names = [g.backend, *g.fallback] if rule is None else [rule.backend, *rule.fallback]
     return list(dict.fromkeys(_private(g) if b == "private" else b for b in names))
 
@@ -148,9 +150,8 @@ def routes_for(spec, variants, rows: dict[str, dict] | None, burst: bool = False
             routes[v.id] = private
             continue
         product = rows.get(v.product_id) if rows is not None else None
-        variant_facts = {**facts, "asset_type": v.asset_type, "product": product}
-        chain = chain_for(spec, variant_facts)
-        rule = _rule_for(spec, variant_facts)
+        rule = _rule_for(spec, {**facts, "asset_type": v.asset_type, "product": product})
+        chain = _chain(spec.generation, rule)
         if burst and chain[0] in PRIVATE_BACKENDS and (rule is None or rule.backend != "private"):
             chain = list(dict.fromkeys([spec.generation.burst.backend, *chain]))
             routes[v.id] = route_text(chain, burst=True)
